@@ -1,0 +1,211 @@
+"""The ``neurocodec`` command: encode, decode, info, demo, models.
+
+User mistakes (missing files, bad streams, bad options) print one line to
+stderr and exit 1; outputs are written atomically, so an interrupted or
+failed command never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import codec, io, metrics, zoo
+from .errors import InputError, NeurocodecError
+from .reader import open as open_stream
+from .synthetic import demo_clip
+
+app = typer.Typer(
+    help="neurocodec: a learned video codec. Encode any video PyAV reads to .ncv and back.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+Device = Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:1, ...")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", "-y", help="Replace OUTPUT if it exists.")]
+
+
+@contextmanager
+def _progress(label: str, total: int | None) -> Iterator:
+    """A rich progress bar on stderr; yields an ``advance(n)`` callback."""
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def _check_output(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} exists (use -y/--overwrite to replace it)")
+    if not path.parent.exists():
+        raise InputError(f"output folder {path.parent} does not exist")
+
+
+@app.command()
+def encode(
+    input: Annotated[Path, typer.Argument(help="Any video PyAV reads (mp4, mkv, avi, y4m, ...).")],
+    output: Annotated[Path, typer.Argument(help="The .ncv stream to write.")],
+    quality: Annotated[float, typer.Option("--quality", "-q", min=0.0, max=1.0,
+                                           help="0 = smallest file, 1 = best quality.")] = 0.5,
+    gop: Annotated[int, typer.Option(help="Intra period in frames; -1: only the first frame is intra.")] = 32,
+    frames: Annotated[int | None, typer.Option("--frames", "-n", min=1, help="Encode only the first N frames.")] = None,
+    model: Annotated[str, typer.Option(help="Registered model name or a .safetensors file.")] = zoo.DEFAULT_MODEL,
+    device: Device = "cpu",
+    overwrite: Overwrite = False,
+) -> None:
+    """Encode a video file to a .ncv stream."""
+    _check_output(output, overwrite)
+    if gop == 0 or gop < -1:
+        raise InputError("--gop must be a positive frame count or -1")
+    info = io.probe(input)
+    total = min(info.frame_count or frames or 0, frames or 10**9) or None
+    t0 = time.perf_counter()
+    with _progress("encoding", total) as advance:
+        codec.encode(input, output, model=model, quality=quality, gop=gop, max_frames=frames,
+                     device=device, progress=advance)
+    _summary(output, time.perf_counter() - t0, "encoded")
+
+
+@app.command()
+def decode(
+    input: Annotated[Path, typer.Argument(help="A .ncv stream.")],
+    output: Annotated[Path, typer.Argument(help="OUT.mp4, OUT.mkv, OUT.mov, OUT.y4m, or a folder for PNGs.")],
+    device: Device = "cpu",
+    overwrite: Overwrite = False,
+) -> None:
+    """Decode a .ncv stream to a video file or a folder of PNG frames."""
+    io.output_kind(output)
+    _check_output(output, overwrite)
+    t0 = time.perf_counter()
+    with open_stream(input, device=device) as reader:
+        h = reader.header
+        with _progress("decoding", h.frame_count) as advance, \
+                io.VideoWriter(output, h.width, h.height, h.fps) as writer:
+            for frame in reader:
+                writer.write(frame)
+                advance()
+        n = writer.frames_written
+    dt = time.perf_counter() - t0
+    out.print(f"decoded {n} frames to {output} in {dt:.1f} s ({n / dt:.2f} fps)")
+
+
+@app.command()
+def info(
+    input: Annotated[Path, typer.Argument(help="A .ncv stream.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Show a stream's header, size, bitrate and frame types (without decoding)."""
+    with open_stream(input) as reader:
+        h = reader.header
+        sizes = [(p.frame_type.name, sum(map(len, p.streams))) for p in reader.packets()]
+        index = reader.index()
+    n = len(sizes)
+    nbytes = input.stat().st_size
+    report = {
+        "file": str(input), "bytes": nbytes, "model": h.model, "weight_hash": h.weight_hash,
+        "width": h.width, "height": h.height, "pix_fmt": h.pix_fmt,
+        "fps": f"{h.fps.numerator}/{h.fps.denominator}", "gop": h.gop, "quality": round(h.quality, 4),
+        "frames": n, "i_frames": sum(t == "I" for t, _ in sizes), "indexed": bool(index),
+        "kbps": round(nbytes * 8 * float(h.fps) / max(n, 1) / 1000, 2),
+        "bpp": round(metrics.bits_per_pixel(nbytes, h.width, h.height, max(n, 1)), 5),
+        "mean_i_bytes": _mean([s for t, s in sizes if t == "I"]),
+        "mean_p_bytes": _mean([s for t, s in sizes if t == "P"]),
+    }
+    if as_json:
+        print(json.dumps(report, indent=1))
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in report.items():
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+def _mean(values: list[int]) -> float | None:
+    return round(sum(values) / len(values), 1) if values else None
+
+
+@app.command()
+def demo(
+    input: Annotated[Path | None, typer.Argument(help="A real video to transcode; default: a built-in clip.")] = None,
+    frames: Annotated[int, typer.Option("--frames", "-n", min=1)] = 32,
+    quality: Annotated[float, typer.Option("--quality", "-q", min=0.0, max=1.0)] = 0.5,
+    gop: Annotated[int, typer.Option(help="Intra period; -1: only the first frame is intra.")] = 32,
+    model: Annotated[str, typer.Option(help="Registered model name or a .safetensors file.")] = zoo.DEFAULT_MODEL,
+    save: Annotated[Path | None, typer.Option(help="Also write the decoded video here (e.g. out.mp4).")] = None,
+    device: Device = "cpu",
+) -> None:
+    """Transcode a short clip through neurocodec; print bitrate, PSNR and speed."""
+    if input is None:
+        clip = demo_clip(640, 360, frames)
+        source = "built-in clip (matplotlib's sample photo, panned and zoomed, with a moving disc)"
+        fps = 30.0
+    else:
+        clip = np.stack(list(io.read_frames(input, max_frames=frames)))
+        source, fps = str(input), float(io.probe(input).fps)
+    n, height, width = clip.shape[:3]
+    out.print(f"[bold]neurocodec demo[/]: {source}\n  {width}x{height}, {n} frames, "
+              f"model {model}, quality {quality}, gop {gop}")
+    enc_model = zoo.load_model(model, device=device)  # load once, outside the timings
+    t0 = time.perf_counter()
+    with _progress("encoding", n) as advance:
+        data = codec.encode(clip, model=enc_model, quality=quality, gop=gop, fps=fps,
+                            device=device, progress=advance)
+    t_enc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    decoded = codec.decode(data, model=enc_model, device=device)
+    t_dec = time.perf_counter() - t0
+    if save is not None:
+        io.write_video(save, decoded, fps)
+    psnr = np.mean([metrics.psnr(a, b) for a, b in zip(clip, decoded)])
+    psnr_yuv = np.mean([metrics.psnr_yuv420(a, b)["yuv"] for a, b in zip(clip, decoded)])
+    bpp = metrics.bits_per_pixel(len(data), width, height, n)
+    out.print(f"  size     {len(data):,} bytes = {len(data) * 8 * fps / n / 1000:.1f} kbps at {fps:g} fps, "
+              f"{bpp:.4f} bits per pixel")
+    out.print(f"  PSNR     {psnr:.2f} dB RGB, {psnr_yuv:.2f} dB YUV420 (BT.709, 6:1:1)")
+    out.print(f"  speed    encode {n / t_enc:.2f} fps, decode {n / t_dec:.2f} fps ({device})")
+    if save is not None:
+        out.print(f"  decoded video written to {save}")
+
+
+@app.command()
+def models() -> None:
+    """List the registered models."""
+    for name, description in zoo.available_models().items():
+        mark = " (default)" if name == zoo.DEFAULT_MODEL else ""
+        out.print(f"[bold]{name}[/]{mark}: {description}")
+
+
+def _summary(path: Path, seconds: float, verb: str) -> None:
+    with open_stream(path) as reader:
+        h, n = reader.header, len(reader)
+    nbytes = path.stat().st_size
+    bpp = metrics.bits_per_pixel(nbytes, h.width, h.height, max(n, 1))
+    out.print(f"{verb} {n} frames {h.width}x{h.height} to {path}: {nbytes:,} bytes, "
+              f"{nbytes * 8 * float(h.fps) / max(n, 1) / 1000:.1f} kbps, {bpp:.4f} bpp, "
+              f"{n / seconds:.2f} fps")
+
+
+def main() -> None:
+    """Entry point: run the app, turning neurocodec errors into one line and exit 1."""
+    try:
+        app()
+    except NeurocodecError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

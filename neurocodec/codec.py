@@ -1,0 +1,288 @@
+"""Streaming encoder and decoder: frames in, packets out, and back.
+
+Low-delay P coding: frame ``t`` references only the decoded frame ``t - 1``
+(an I-frame every ``gop`` frames, or only the first when ``gop`` is -1), so
+:meth:`Encoder.encode` returns each frame's packet at once and
+:meth:`Decoder.decode` returns each frame as soon as its packet arrives.
+
+Frames are ``uint8`` RGB numpy arrays ``[H, W, 3]`` or float tensors
+``[3, H, W]`` in ``[0, 1]``. The model works on frames padded (by edge
+replication) to multiples of 64; outputs are cropped back.
+
+The encoder keeps as its reference exactly what the decoder will output
+(the decoder's computation on the same decoded latents, snapped to 8 bits),
+so on the same device decoding reproduces the encoder's reconstruction bit
+for bit.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from .container import (
+    FrameType, Packet, StreamHeader, StreamReader, StreamWriter, code_to_quality, quality_to_code,
+)
+from .errors import BitstreamError, InputError, ModelMismatchError, VideoIOError
+from .io import probe, read_frames
+from .models import VideoModel, pad_to_stride, to_reference
+from .zoo import DEFAULT_MODEL, load_model, model_identity
+
+__all__ = ["Encoder", "Decoder", "Frame", "encode", "decode", "atomic_output"]
+
+Frame = np.ndarray | torch.Tensor
+
+
+def _resolve_model(model: str | VideoModel, device: str | torch.device) -> VideoModel:
+    if isinstance(model, VideoModel):
+        model_identity(model)  # builds entropy tables and the hash if it has none
+        return model.to(device).eval()
+    return load_model(model, device=device)
+
+
+def frame_to_tensor(frame: Frame, width: int, height: int, device: torch.device) -> torch.Tensor:
+    """Validate a frame and return it as [1, 3, H, W] float in [0, 1] on ``device``."""
+    if isinstance(frame, np.ndarray):
+        if frame.dtype != np.uint8 or frame.shape != (height, width, 3):
+            raise InputError(
+                f"expected a uint8 frame of shape {(height, width, 3)}, "
+                f"got {frame.dtype} {tuple(frame.shape)}"
+            )
+        x = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1).float() / 255.0
+    elif isinstance(frame, torch.Tensor):
+        if not frame.is_floating_point() or tuple(frame.shape) != (3, height, width):
+            raise InputError(
+                f"expected a float tensor of shape {(3, height, width)} in [0, 1], "
+                f"got {frame.dtype} {tuple(frame.shape)}"
+            )
+        if not torch.isfinite(frame).all():
+            raise InputError("frame tensor holds NaN or infinite values")
+        x = frame.detach().to(device=device, dtype=torch.float32).clamp(0.0, 1.0)
+    else:
+        raise InputError(f"a frame must be a numpy array or a torch tensor, got {type(frame).__name__}")
+    return x.unsqueeze(0)
+
+
+def tensor_to_frame(x: torch.Tensor, width: int, height: int) -> np.ndarray:
+    """[1, 3, Hp, Wp] reference in [0, 1] on the 8-bit grid -> uint8 [H, W, 3]."""
+    x = x[0, :, :height, :width].mul(255.0).round().to(torch.uint8)
+    return x.permute(1, 2, 0).contiguous().cpu().numpy()
+
+
+class Encoder:
+    """Encodes frames one at a time into :class:`~neurocodec.container.Packet` s.
+
+    >>> enc = Encoder(640, 360, quality=0.5)            # doctest: +SKIP
+    >>> packets = enc.encode(frame)  # one packet per frame, returned at once
+    >>> enc.encode(None)             # flush: low-delay coding holds nothing back
+    """
+
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        *,
+        model: str | VideoModel = DEFAULT_MODEL,
+        quality: float = 0.5,
+        gop: int = 32,
+        fps: Fraction | int | float = Fraction(30),
+        frame_count: int | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        self.device = torch.device(device)
+        self.model = _resolve_model(model, self.device)
+        name, digest = model_identity(self.model)
+        fps = Fraction(fps).limit_denominator(1_000_000)
+        self.header = StreamHeader(
+            model=name, weight_hash=digest, width=width, height=height, fps=fps,
+            gop=gop, quality=code_to_quality(quality_to_code(quality)), frame_count=frame_count,
+        )
+        self._quality_code = quality_to_code(quality)
+        self._ref: torch.Tensor | None = None
+        self._pts = 0
+        #: The last frame as the decoder will reconstruct it (uint8 [H, W, 3]).
+        self.reconstruction: np.ndarray | None = None
+
+    @property
+    def frames_encoded(self) -> int:
+        return self._pts
+
+    def encode(self, frame: Frame | None, *, quality: float | None = None) -> list[Packet]:
+        """Code one frame; ``quality`` overrides the stream's for this frame (rate control)."""
+        if frame is None:
+            return []
+        h = self.header
+        x = pad_to_stride(frame_to_tensor(frame, h.width, h.height, self.device))
+        code = self._quality_code if quality is None else quality_to_code(quality)
+        q = torch.tensor([code_to_quality(code)], device=self.device)
+        intra = self._ref is None or (h.gop > 0 and self._pts % h.gop == 0)
+        with torch.inference_mode():
+            if intra:
+                streams, x_hat = self.model.intra.compress(x, q)
+            else:
+                streams, x_hat = self.model.inter.compress(x, self._ref, q)
+        self._ref = to_reference(x_hat)
+        self.reconstruction = tensor_to_frame(self._ref, h.width, h.height)
+        packet = Packet(FrameType.I if intra else FrameType.P, self._pts, code, tuple(streams))
+        self._pts += 1
+        return [packet]
+
+
+class Decoder:
+    """Decodes packets of one stream back into frames (uint8 [H, W, 3])."""
+
+    def __init__(
+        self,
+        header: StreamHeader,
+        *,
+        model: str | VideoModel | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        self.header = header
+        self.device = torch.device(device)
+        self.model = _resolve_model(header.model if model is None else model, self.device)
+        name, digest = model_identity(self.model)
+        if digest != header.weight_hash:
+            raise ModelMismatchError(
+                f"stream was encoded with model {header.model!r} weights {header.weight_hash}, "
+                f"but the loaded {name!r} has weights {digest}: decoding would give garbage"
+            )
+        self._ref: torch.Tensor | None = None
+        hp, wp = pad_to_stride(torch.empty(1, 1, header.height, header.width)).shape[-2:]
+        self._padded_hw = (hp, wp)
+
+    def reset(self) -> None:
+        """Forget the reference frame (after a seek, decoding restarts at an I-frame)."""
+        self._ref = None
+
+    def decode(self, packet: Packet) -> np.ndarray:
+        q = torch.tensor([packet.quality], device=self.device)
+        try:
+            with torch.inference_mode():
+                if packet.frame_type == FrameType.I:
+                    x_hat = self.model.intra.decompress(list(packet.streams), self._padded_hw, q)
+                elif self._ref is None:
+                    raise BitstreamError(f"P-frame {packet.pts} has no preceding I-frame to reference")
+                else:
+                    x_hat = self.model.inter.decompress(list(packet.streams), self._ref, q)
+        except (ValueError, RuntimeError, IndexError) as e:
+            raise BitstreamError(f"frame {packet.pts}: entropy-coded payload is corrupt ({e})") from e
+        self._ref = to_reference(x_hat)
+        return tensor_to_frame(self._ref, self.header.width, self.header.height)
+
+    def decode_all(self, packets: Iterable[Packet],
+                   progress: Callable[[int], None] | None = None) -> Iterable[np.ndarray]:
+        """Decode packets in order, yielding frames."""
+        for packet in packets:
+            yield self.decode(packet)
+            if progress is not None:
+                progress(1)
+
+
+def _frames_of(source) -> tuple[Iterable[Frame], int, int, Fraction | None, int | None]:
+    """(frames, width, height, fps or None, frame count or None) of an encode source."""
+    if isinstance(source, (str, os.PathLike)):
+        info = probe(source)
+        return read_frames(source), info.width, info.height, info.fps, None
+    if isinstance(source, np.ndarray):
+        if source.ndim != 4 or source.shape[-1] != 3 or source.dtype != np.uint8:
+            raise InputError(f"expected uint8 frames [T, H, W, 3], got {source.dtype} {source.shape}")
+        return source, source.shape[2], source.shape[1], None, source.shape[0]
+    if isinstance(source, torch.Tensor):
+        if source.ndim != 4 or source.shape[1] != 3 or not source.is_floating_point():
+            raise InputError(f"expected float frames [T, 3, H, W], got {source.dtype} {tuple(source.shape)}")
+        return source, source.shape[3], source.shape[2], None, source.shape[0]
+    raise InputError(f"cannot encode a {type(source).__name__}: give a path, an array or a tensor")
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A file opened for writing that appears at ``path`` only if the block succeeds."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def encode(
+    source: str | os.PathLike | np.ndarray | torch.Tensor,
+    output: str | os.PathLike | BinaryIO | None = None,
+    *,
+    model: str | VideoModel = DEFAULT_MODEL,
+    quality: float = 0.5,
+    gop: int = 32,
+    fps: Fraction | int | float | None = None,
+    max_frames: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> bytes | None:
+    """Encode a whole video: a file path, uint8 [T, H, W, 3] or float [T, 3, H, W].
+
+    Returns the stream as bytes when ``output`` is None; otherwise writes it
+    to ``output`` (a path, written atomically, or a binary file object).
+    """
+    frames, width, height, src_fps, count = _frames_of(source)
+    if max_frames is not None:
+        frames = itertools.islice(frames, max_frames)
+        count = None if count is None else min(count, max_frames)
+    encoder = Encoder(width, height, model=model, quality=quality, gop=gop,
+                      fps=fps or src_fps or Fraction(30), frame_count=count, device=device)
+    if output is None:
+        buffer = io.BytesIO()
+        _encode_into(encoder, frames, buffer, progress)
+        return buffer.getvalue()
+    if isinstance(output, (str, os.PathLike)):
+        with atomic_output(output) as f:
+            _encode_into(encoder, frames, f, progress)
+    else:
+        _encode_into(encoder, frames, output, progress)
+    return None
+
+
+def _encode_into(encoder: Encoder, frames: Iterable[Frame], f: BinaryIO,
+                 progress: Callable[[int], None] | None) -> None:
+    with StreamWriter(f, encoder.header) as writer:
+        for frame in frames:
+            for packet in encoder.encode(frame):
+                writer.write(packet)
+            if progress is not None:
+                progress(1)
+        if encoder.frames_encoded == 0:
+            raise InputError("no frames to encode")
+
+
+def decode(
+    source: bytes | str | os.PathLike | BinaryIO,
+    *,
+    model: str | VideoModel | None = None,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Decode a whole stream (bytes, path or binary file) to uint8 frames [T, H, W, 3]."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return decode(io.BytesIO(bytes(source)), model=model, device=device)
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as f:
+                return decode(f, model=model, device=device)
+        except OSError as e:
+            raise VideoIOError(f"cannot read {source}: {e.strerror or e}") from e
+    reader = StreamReader(source)
+    decoder = Decoder(reader.header, model=model, device=device)
+    frames = [decoder.decode(p) for p in reader]
+    h = reader.header
+    return np.stack(frames) if frames else np.empty((0, h.height, h.width, 3), np.uint8)

@@ -1,0 +1,68 @@
+"""P-frame coder: motion compensation plus conditional coding of the frame.
+
+The frame is not coded as a residual ``x - pred``: the encoder sees ``x`` and
+the motion-compensated prediction side by side, the entropy model is fed
+features of the prediction (a temporal prior), and the decoder fuses the
+decoded features with the prediction. The network decides per region how
+much to trust the prediction (conditional coding, as in the DCVC family).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..entropy import Hyperprior
+from .layers import GainPair, analysis, conv, synthesis
+from .motion import MotionCoder, warp
+
+
+class InterCoder(nn.Module):
+    """Codes a frame [1, 3, H, W] in [0, 1] given the previous decoded frame."""
+
+    def __init__(self, n: int, m: int, z: int, motion: tuple[int, int, int], feat: int):
+        super().__init__()
+        self.motion = MotionCoder(*motion)
+        self.g_a = analysis(6, n, m)
+        self.context = nn.Sequential(
+            conv(3, n), nn.LeakyReLU(inplace=True), conv(n, n), nn.LeakyReLU(inplace=True),
+            conv(n, n), nn.LeakyReLU(inplace=True), conv(n, m),
+        )
+        self.prior = Hyperprior(m, z, ctx_channels=m)
+        self.g_s = synthesis(m, n, feat)
+        self.fuse = nn.Sequential(
+            conv(feat + 3, 32, 3, 1), nn.LeakyReLU(inplace=True), conv(32, 3, 3, 1)
+        )
+        self.gain = GainPair(m)
+
+    def forward(self, x: Tensor, ref: Tensor, q: Tensor) -> dict:
+        """Training path; ``ref`` is the previous reconstruction, ``q`` is [B]."""
+        flow, motion_lik = self.motion(x, ref, q)
+        pred = warp(ref, flow)
+        y = self.g_a(torch.cat([x, pred], dim=1)) * self.gain.gain(q)
+        y_hat, lik = self.prior(y, self.context(pred))
+        return {
+            "x_hat": self._reconstruct(y_hat, pred, q),
+            "pred": pred,
+            "flow": flow,
+            "likelihoods": {"motion_y": motion_lik["y"], "motion_z": motion_lik["z"], **lik},
+        }
+
+    def compress(self, x: Tensor, ref: Tensor, q: Tensor) -> tuple[list[bytes], Tensor]:
+        """Streams ``[motion_y, motion_z, y, z]`` and the decoder's reconstruction."""
+        motion_streams, flow = self.motion.compress(x, ref, q)
+        pred = warp(ref, flow)
+        y = self.g_a(torch.cat([x, pred], dim=1)) * self.gain.gain(q)
+        streams, y_hat = self.prior.compress(y, self.context(pred))
+        return motion_streams + streams, self._reconstruct(y_hat, pred, q)
+
+    def decompress(self, streams: list[bytes], ref: Tensor, q: Tensor) -> Tensor:
+        hw = tuple(ref.shape[-2:])
+        flow = self.motion.decompress(streams[:2], hw, q)
+        pred = warp(ref, flow)
+        y_hat = self.prior.decompress(streams[2:], (hw[0] // 16, hw[1] // 16), self.context(pred))
+        return self._reconstruct(y_hat, pred, q)
+
+    def _reconstruct(self, y_hat: Tensor, pred: Tensor, q: Tensor) -> Tensor:
+        feat = self.g_s(y_hat * self.gain.inverse(q))
+        return pred + self.fuse(torch.cat([feat, pred], dim=1))

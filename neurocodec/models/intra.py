@@ -1,0 +1,37 @@
+"""I-frame coder: a mean-scale hyperprior image codec with a quality gain."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..entropy import Hyperprior
+from .layers import GainPair, analysis, synthesis
+
+
+class IntraCoder(nn.Module):
+    """Codes a frame [1, 3, H, W] in [0, 1] (H, W multiples of 64) on its own."""
+
+    def __init__(self, n: int, m: int, z: int):
+        super().__init__()
+        self.g_a = analysis(3, n, m)
+        self.g_s = synthesis(m, n, 3)
+        self.prior = Hyperprior(m, z)
+        self.gain = GainPair(m)
+
+    def forward(self, x: Tensor, q: Tensor) -> dict:
+        """Training path: reconstruction [B, 3, H, W] and likelihoods; ``q`` is [B]."""
+        y = self.g_a(x) * self.gain.gain(q)
+        y_hat, lik = self.prior(y)
+        return {"x_hat": self.g_s(y_hat * self.gain.inverse(q)), "likelihoods": lik}
+
+    def compress(self, x: Tensor, q: Tensor) -> tuple[list[bytes], Tensor]:
+        y = self.g_a(x) * self.gain.gain(q)
+        streams, y_hat = self.prior.compress(y)
+        return streams, self._synthesize(y_hat, q)
+
+    def decompress(self, streams: list[bytes], hw: tuple[int, int], q: Tensor) -> Tensor:
+        y_hat = self.prior.decompress(streams, (hw[0] // 16, hw[1] // 16))
+        return self._synthesize(y_hat, q)
+
+    def _synthesize(self, y_hat: Tensor, q: Tensor) -> Tensor:
+        return self.g_s(y_hat * self.gain.inverse(q))

@@ -1,0 +1,87 @@
+"""Building blocks shared by the intra, motion and inter coders."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._compat import GDN
+
+#: Every transform downsamples 4 times by 2 and the hyperprior twice more.
+STRIDE = 64
+
+
+def conv(cin: int, cout: int, k: int = 5, s: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=s, padding=k // 2)
+
+
+def deconv(cin: int, cout: int, k: int = 5, s: int = 2) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, k, stride=s, padding=k // 2, output_padding=s - 1)
+
+
+def analysis(cin: int, n: int, m: int) -> nn.Sequential:
+    """Image -> latent at 1/16 resolution (four stride-2 convs with GDN)."""
+    return nn.Sequential(
+        conv(cin, n), GDN(n), conv(n, n), GDN(n), conv(n, n), GDN(n), conv(n, m)
+    )
+
+
+def synthesis(m: int, n: int, cout: int) -> nn.Sequential:
+    """Latent at 1/16 resolution -> full-resolution output (inverse GDN)."""
+    return nn.Sequential(
+        deconv(m, n), GDN(n, inverse=True), deconv(n, n), GDN(n, inverse=True),
+        deconv(n, n), GDN(n, inverse=True), deconv(n, cout),
+    )
+
+
+def pad_to_stride(x: Tensor, stride: int = STRIDE) -> Tensor:
+    """Replicate-pad [B, C, H, W] on the bottom/right to multiples of ``stride``."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % stride, -w % stride
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, (0, pw, 0, ph), mode="replicate")
+
+
+def to_reference(x_hat: Tensor) -> Tensor:
+    """Clamp to [0, 1] and snap to the 8-bit grid.
+
+    The decoder outputs 8-bit frames, so the next P-frame must reference
+    exactly those values; snapping also stops float noise from carrying over
+    from one frame to the next.
+    """
+    return torch.round(x_hat.clamp(0.0, 1.0) * 255.0) / 255.0
+
+
+class QualityGain(nn.Module):
+    """Per-channel gain as a continuous function of quality ``q`` in [0, 1].
+
+    Learned log-gains at ``anchors`` evenly spaced qualities, interpolated
+    linearly (a gained VAE: one model, a continuum of rates). The latent is
+    multiplied by the gain before rounding, so a larger gain means finer
+    quantization and more bits.
+    """
+
+    def __init__(self, channels: int, anchors: int = 8, low: float = 0.35, high: float = 2.5):
+        super().__init__()
+        init = torch.linspace(torch.tensor(low).log().item(), torch.tensor(high).log().item(), anchors)
+        self.log_gain = nn.Parameter(init[:, None].repeat(1, channels))
+
+    def forward(self, q: Tensor) -> Tensor:
+        """``q`` [B] -> gains [B, C, 1, 1]."""
+        k = self.log_gain.shape[0] - 1
+        pos = q.clamp(0.0, 1.0) * k
+        lo = pos.floor().clamp(max=k - 1).long()
+        frac = (pos - lo).unsqueeze(1)
+        log_gain = self.log_gain[lo] * (1 - frac) + self.log_gain[lo + 1] * frac
+        return log_gain.exp()[:, :, None, None]
+
+
+class GainPair(nn.Module):
+    """Gain before quantization and a separately learned inverse gain after."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gain = QualityGain(channels)
+        self.inverse = QualityGain(channels, low=1 / 0.35, high=1 / 2.5)

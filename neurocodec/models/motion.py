@@ -1,0 +1,85 @@
+"""Motion: estimate, code and apply a scale-space flow field.
+
+The motion encoder sees the current frame and the previous *decoded* frame
+and produces a latent; the decoder turns it into a flow ``(dx, dy, s)`` at
+1/4 resolution, upsampled to full resolution. ``dx, dy`` are pixel
+displacements; ``s`` picks how blurred a version of the reference to sample
+(Agustsson et al., "Scale-space flow", CVPR 2020): where motion cannot be
+predicted (disocclusions, fast or complex motion) the coder learns to fetch a
+blurred reference instead of paying for a wrong sharp one. Learned end to end,
+no pretrained optical-flow network needed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._compat import GDN
+from ..entropy import Hyperprior
+from .layers import GainPair, analysis, conv, deconv
+
+#: Blur levels of the scale-space volume: average-pooled by 1, 2, 4, 8.
+BLUR_LEVELS = 4
+
+
+def scale_space(ref: Tensor) -> Tensor:
+    """[B, C, H, W] -> [B, C, BLUR_LEVELS, H, W], increasingly blurred copies."""
+    h, w = ref.shape[-2:]
+    levels = [ref]
+    for k in range(1, BLUR_LEVELS):
+        low = F.avg_pool2d(ref, 2**k)
+        levels.append(F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False))
+    return torch.stack(levels, dim=2)
+
+
+def warp(ref: Tensor, flow: Tensor) -> Tensor:
+    """Sample ``ref`` [B, C, H, W] at ``flow`` [B, 3, H, W] (dx, dy in pixels, s in levels)."""
+    b, _, h, w = ref.shape
+    ys = torch.arange(h, device=ref.device, dtype=ref.dtype).view(1, h, 1)
+    xs = torch.arange(w, device=ref.device, dtype=ref.dtype).view(1, 1, w)
+    gx = (xs + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
+    gy = (ys + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
+    gs = flow[:, 2].clamp(0.0, BLUR_LEVELS - 1) * (2.0 / (BLUR_LEVELS - 1)) - 1.0
+    grid = torch.stack([gx, gy, gs], dim=-1).unsqueeze(1)  # [B, 1, H, W, 3]
+    out = F.grid_sample(
+        scale_space(ref), grid, mode="bilinear", padding_mode="border", align_corners=True
+    )
+    return out.squeeze(2)
+
+
+class MotionCoder(nn.Module):
+    """Codes the motion from a decoded reference to the current frame."""
+
+    def __init__(self, n: int, m: int, z: int):
+        super().__init__()
+        self.g_a = analysis(6, n, m)
+        self.g_s = nn.Sequential(
+            deconv(m, n), GDN(n, inverse=True), deconv(n, n), GDN(n, inverse=True),
+            conv(n, 3, 3, 1),
+        )
+        # Start from "no motion, sharp reference": the P-frame begins as a
+        # conditional residual coder and learns to move pixels from there.
+        nn.init.zeros_(self.g_s[-1].weight)
+        nn.init.zeros_(self.g_s[-1].bias)
+        self.prior = Hyperprior(m, z)
+        self.gain = GainPair(m)
+
+    def forward(self, x: Tensor, ref: Tensor, q: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        y = self.g_a(torch.cat([x, ref], dim=1)) * self.gain.gain(q)
+        y_hat, lik = self.prior(y)
+        return self._flow(y_hat, q), lik
+
+    def compress(self, x: Tensor, ref: Tensor, q: Tensor) -> tuple[list[bytes], Tensor]:
+        y = self.g_a(torch.cat([x, ref], dim=1)) * self.gain.gain(q)
+        streams, y_hat = self.prior.compress(y)
+        return streams, self._flow(y_hat, q)
+
+    def decompress(self, streams: list[bytes], hw: tuple[int, int], q: Tensor) -> Tensor:
+        y_hat = self.prior.decompress(streams, (hw[0] // 16, hw[1] // 16))
+        return self._flow(y_hat, q)
+
+    def _flow(self, y_hat: Tensor, q: Tensor) -> Tensor:
+        low = self.g_s(y_hat * self.gain.inverse(q))
+        return F.interpolate(low, scale_factor=4, mode="bilinear", align_corners=False)

@@ -1,0 +1,71 @@
+"""Turn a training checkpoint into shipped weights plus a model card.
+
+    python -m training.export runs/starter/ckpt.pt --name nc-starter
+
+Writes ``neurocodec/weights/NAME.safetensors`` (entropy tables rebuilt,
+convolution kernels in float16) and ``NAME.md``, the model card: data,
+stages, steps, hardware and wall time, read from the checkpoint itself.
+Rate-distortion results belong in the card too; they are measured by
+``eval/`` on held-out clips and pasted in with ``--results FILE.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from neurocodec.models import ModelConfig, VideoModel
+from neurocodec.zoo import WEIGHTS_DIR, save_model
+
+from .data import VALIDATION_CLIPS
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--name", required=True, help="model name to register and write")
+    ap.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    ap.add_argument("--results", type=Path, help="Markdown with measured RD results to append to the card")
+    args = ap.parse_args(argv)
+
+    ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    cfg = ck["config"]
+    model = VideoModel(ModelConfig(**cfg.get("model", {})))
+    model.load_state_dict(ck["model"], strict=False)
+    model.eval().update()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{args.name}.safetensors"
+    stages = cfg["stages"][: ck["stage_idx"]] + (
+        [{**cfg["stages"][ck["stage_idx"]], "steps": ck["step"]}] if ck["step"] else []
+    )
+    digest = save_model(model, path, args.name, training=json.dumps(
+        {"stages": stages, "elapsed_s": round(ck["elapsed"]), "hardware": ck.get("hardware", "")}))
+    path.chmod(0o644)
+    clips_file = Path(cfg.get("cache_dir", "data/cache")) / "clips.json"
+    clips = json.loads(clips_file.read_text()) if clips_file.exists() else ["(cache list not found)"]
+    params = sum(p.numel() for p in model.parameters())
+    card = [
+        f"# {args.name}",
+        "",
+        f"- weights: `{path.name}`, {path.stat().st_size / 2**20:.1f} MiB, weight hash `{digest}`",
+        f"- architecture: {params / 1e6:.2f} M parameters, config `{model.config.to_json()}`",
+        f"- training: {ck['elapsed'] / 60:.0f} min of training steps on {ck.get('hardware', '?')}",
+        "- stages (batch {batch}, crops {crop}x{crop}):".format(**cfg),
+        *[f"  - {s['name']}: {s['steps']} steps, {s['frames']} frames per sequence, lr {s['lr']}"
+          for s in stages],
+        f"- training data: {len(clips)} clips of `../shared/video`: {', '.join(clips)}",
+        f"- held out (never trained on): {', '.join(VALIDATION_CLIPS)}",
+        f"- reproduce: `python -m training.train {ck.get('config_path', 'CONFIG')} --out runs/{args.name}` "
+        f"then `python -m training.export runs/{args.name}/ckpt.pt --name {args.name}`",
+    ]
+    if args.results:
+        card += ["", args.results.read_text().strip()]
+    (args.out / f"{args.name}.md").write_text("\n".join(card) + "\n")
+    print(f"wrote {path} ({digest})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Train a neurocodec video model, stage by stage, from a JSON config.
+
+    python -m training.train training/configs/starter.json --out runs/starter
+
+Reads top to bottom: config, data, model, optimizers, then one loop over the
+config's stages. The loss is ``lambda(q) * 255^2 * MSE + bpp`` with the quality
+``q`` drawn uniformly per sample, so one model learns the whole rate range.
+
+Stages (the order the learned-video-coding literature uses):
+
+- ``intra``:  the I-frame coder on single frames;
+- ``motion``: the motion coder alone, judged on its warped prediction
+  (the I-frame coder frozen and providing the reference);
+- ``inter``:  the whole P-frame coder, one P-frame after each I-frame;
+- ``multi``:  several P-frames in a chain with gradients through the chain,
+  so errors do not pile up along a group of pictures.
+
+A checkpoint (model, optimizers, data sampler and RNG states, elapsed time)
+is written every ``ckpt_every`` steps; rerunning the same command resumes
+exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from neurocodec.entropy import bits
+from neurocodec.models import ModelConfig, VideoModel, to_reference
+from neurocodec.models.motion import warp
+
+from .data import CropSampler, build_cache, training_clips
+
+STAGES = ("intra", "motion", "inter", "multi")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    steps: int
+    frames: int = 1  #: frames per training sequence (1 I-frame + frames-1 P-frames)
+    lr: float = 1e-4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig
+    stages: tuple[Stage, ...]
+    batch: int = 8
+    crop: int = 128
+    seed: int = 0
+    video_dir: str = "../shared/video"
+    cache_dir: str = "data/cache"
+    max_frames_per_clip: int = 150
+    log_every: int = 25
+    ckpt_every: int = 200
+    threads: int = 2
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        raw = json.loads(Path(path).read_text())
+        raw["model"] = ModelConfig(**raw.get("model", {}))
+        raw["stages"] = tuple(Stage(**s) for s in raw["stages"])
+        for s in raw["stages"]:
+            if s.name not in STAGES:
+                raise ValueError(f"unknown stage {s.name!r}; stages are {STAGES}")
+        return cls(**raw)
+
+
+def rd_terms(x: torch.Tensor, x_hat: torch.Tensor, likelihoods: list[torch.Tensor]):
+    """Per-sample MSE [B] and bits per pixel [B]."""
+    mse = (x_hat - x).pow(2).flatten(1).mean(1)
+    pixels = x.shape[-2] * x.shape[-1]
+    bpp = sum(-torch.log2(lik).flatten(1).sum(1) for lik in likelihoods) / pixels
+    return mse, bpp
+
+
+def ste_reference(x_hat: torch.Tensor) -> torch.Tensor:
+    """The decoder's 8-bit reference in the forward pass, gradients straight through."""
+    x = x_hat.clamp(0.0, 1.0)
+    return x + (to_reference(x) - x).detach()
+
+
+def stage_loss(model: VideoModel, stage: str, seq: torch.Tensor, q: torch.Tensor):
+    """Loss and logged stats of one batch ``seq`` [B, T, 3, H, W]."""
+    lam = model.lmbda(q) * 255.0**2
+    x0 = seq[:, 0]
+    if stage == "intra":
+        out = model.intra(x0, q)
+        mse, bpp = rd_terms(x0, out["x_hat"], list(out["likelihoods"].values()))
+        return (lam * mse + bpp).mean(), mse, bpp
+    with torch.no_grad():
+        ref = to_reference(model.intra(x0, q)["x_hat"])
+    if stage == "motion":
+        flow, lik = model.inter.motion(seq[:, 1], ref, q)
+        mse, bpp = rd_terms(seq[:, 1], warp(ref, flow), list(lik.values()))
+        return (lam * mse + bpp).mean(), mse, bpp
+    losses, mses, bpps = [], [], []
+    for t in range(1, seq.shape[1]):
+        out = model.inter(seq[:, t], ref, q)
+        mse, bpp = rd_terms(seq[:, t], out["x_hat"], list(out["likelihoods"].values()))
+        losses.append((lam * mse + bpp).mean())
+        mses.append(mse)
+        bpps.append(bpp)
+        ref = ste_reference(out["x_hat"]) if stage == "multi" else to_reference(out["x_hat"]).detach()
+    return torch.stack(losses).mean(), torch.stack(mses).mean(0), torch.stack(bpps).mean(0)
+
+
+def trainable(model: VideoModel, stage: str) -> list[torch.nn.Parameter]:
+    """The parameters a stage trains (never the factorized models' quantiles)."""
+    module = {"intra": model.intra, "motion": model.inter.motion}.get(stage, model.inter)
+    return [p for n, p in module.named_parameters() if not n.endswith("quantiles")]
+
+
+def save(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", type=Path)
+    ap.add_argument("--out", type=Path, required=True, help="run folder: checkpoints and log")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--video-dir", help="override the config's video folder")
+    args = ap.parse_args(argv)
+
+    cfg = TrainConfig.load(args.config)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "config.json").write_text(args.config.read_text())
+    torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    # data
+    clips = training_clips(Path(args.video_dir or cfg.video_dir))
+    files = build_cache(clips, Path(cfg.cache_dir), max_frames=cfg.max_frames_per_clip)
+    frames = max(s.frames for s in cfg.stages)
+    sampler = CropSampler(files, cfg.crop, max(frames, 2), seed=cfg.seed)
+
+    # model and optimizers
+    model = VideoModel(cfg.model).to(args.device).train()
+    aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
+    aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
+    ckpt_path = args.out / "ckpt.pt"
+    stage_idx, step, elapsed, opt_state = 0, 0, 0.0, None
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=args.device, weights_only=False)
+        model.load_state_dict(ck["model"], strict=False)
+        aux_opt.load_state_dict(ck["aux_opt"])
+        stage_idx, step, elapsed, opt_state = ck["stage_idx"], ck["step"], ck["elapsed"], ck["opt"]
+        sampler.rng.bit_generator.state = ck["sampler"]
+        torch.set_rng_state(ck["torch_rng"])
+        print(f"resumed at stage {stage_idx} step {step}")
+
+    log = (args.out / "log.jsonl").open("a")
+    for stage_idx in range(stage_idx, len(cfg.stages)):
+        stage = cfg.stages[stage_idx]
+        opt = torch.optim.Adam(trainable(model, stage.name), lr=stage.lr)
+        if opt_state is not None:
+            opt.load_state_dict(opt_state)
+            opt_state = None
+        bar = tqdm(range(step, stage.steps), desc=stage.name, initial=step, total=stage.steps)
+        for step in bar:
+            t0 = time.perf_counter()
+            for group in opt.param_groups:  # 10x lower learning rate for the last 15%
+                group["lr"] = stage.lr * (0.1 if step >= 0.85 * stage.steps else 1.0)
+            seq = sampler.batch(cfg.batch)[:, : max(stage.frames, 2)].to(args.device)
+            q = torch.rand(cfg.batch, device=args.device)
+            loss, mse, bpp = stage_loss(model, stage.name, seq, q)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], 1.0)
+            opt.step()
+            aux = model.aux_loss()
+            aux_opt.zero_grad(set_to_none=True)
+            aux.backward()
+            aux_opt.step()
+            elapsed += time.perf_counter() - t0
+            if step % cfg.log_every == 0 or step == stage.steps - 1:
+                psnr = (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean().item()
+                rec = {"stage": stage.name, "step": step, "loss": loss.item(), "bpp": bpp.mean().item(),
+                       "psnr": psnr, "aux": aux.item(), "elapsed_s": round(elapsed, 1)}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", bpp=f"{rec['bpp']:.3f}", psnr=f"{psnr:.2f}")
+            if (step + 1) % cfg.ckpt_every == 0 or step == stage.steps - 1:
+                done = step == stage.steps - 1
+                save(ckpt_path, {
+                    "model": model.state_dict(), "opt": None if done else opt.state_dict(),
+                    "aux_opt": aux_opt.state_dict(), "stage_idx": stage_idx + done,
+                    "step": 0 if done else step + 1, "elapsed": elapsed,
+                    "sampler": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                    "config": json.loads(args.config.read_text()), "config_path": str(args.config),
+                    "hardware": f"{platform.processor() or platform.machine()}, {args.device}, "
+                                f"{cfg.threads} threads",
+                })
+        step = 0
+    log.close()
+    print(f"done: {args.out / 'ckpt.pt'} ({elapsed / 60:.1f} min of training)")
+
+
+if __name__ == "__main__":
+    main()
