@@ -170,8 +170,8 @@ def demo(
     t_dec = time.perf_counter() - t0
     if save is not None:
         io.write_video(save, decoded, fps)
-    psnr = np.mean([metrics.psnr(a, b) for a, b in zip(clip, decoded)])
-    psnr_yuv = np.mean([metrics.psnr_yuv420(a, b)["yuv"] for a, b in zip(clip, decoded)])
+    psnr = np.mean([metrics.psnr(a, b) for a, b in zip(clip, decoded, strict=True)])
+    psnr_yuv = np.mean([metrics.psnr_yuv420(a, b)["yuv"] for a, b in zip(clip, decoded, strict=True)])
     bpp = metrics.bits_per_pixel(len(data), width, height, n)
     out.print(f"  size     {len(data):,} bytes = {len(data) * 8 * fps / n / 1000:.1f} kbps at {fps:g} fps, "
               f"{bpp:.4f} bits per pixel")

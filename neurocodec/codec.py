@@ -31,7 +31,13 @@ import numpy as np
 import torch
 
 from .container import (
-    FrameType, Packet, StreamHeader, StreamReader, StreamWriter, code_to_quality, quality_to_code,
+    FrameType,
+    Packet,
+    StreamHeader,
+    StreamReader,
+    StreamWriter,
+    code_to_quality,
+    quality_to_code,
 )
 from .errors import BitstreamError, InputError, ModelMismatchError, VideoIOError
 from .io import probe, read_frames

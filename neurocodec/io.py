@@ -267,7 +267,7 @@ class VideoWriter:
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: Fps, *,
                  codec: str | None = None, crf: int | None = None) -> None:
         self.kind, self.path = output_kind(path), Path(path)
-        if int(width) != width or int(height) != height or width < 1 or height < 1:
+        if not all(isinstance(v, (int, np.integer)) and v >= 1 for v in (width, height)):
             raise InputError(f"width and height must be positive integers, got {width}x{height}")
         if (codec is not None and self.kind in ("y4m", "png-dir")) or not 0 <= (crf or 0) <= 51:
             raise InputError(f"{path}: bad codec {codec!r} / crf {crf!r} (codec: containers only; crf 0..51)")
@@ -375,16 +375,13 @@ class VideoWriter:
                 if res is not None:
                     res.close()
             st.container = st.file = None
-            self._publish()
+            os.replace(st.tmp, self.path)  # a directory may replace an empty one
         except BaseException as e:
             self._finalizer()
             if isinstance(e, (av.FFmpegError, OSError)):
                 raise _fail(self.path, f"finishing the output failed: {e}") from None
             raise
         self._finalizer.detach()
-
-    def _publish(self) -> None:
-        os.replace(self._st.tmp, self.path)  # a directory may replace an empty one
 
     def abort(self) -> None:
         """Discard everything written so far; the target path is left untouched."""

@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from neurocodec.models import ModelConfig
 from neurocodec.synthetic import moving_pattern
 from neurocodec.zoo import load_model
+
+# Tiny tensors run fastest on one thread, and a second test process or a
+# training run in the background then does not make the suite crawl.
+torch.set_num_threads(1)
 
 DATA = Path(__file__).parent / "data"
 #: Small enough that a unit test codes a frame in milliseconds.

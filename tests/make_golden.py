@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import neurocodec  # noqa: E402
 from conftest import DATA, TINY  # noqa: E402
+
+import neurocodec  # noqa: E402
 from neurocodec.models import VideoModel  # noqa: E402
 from neurocodec.synthetic import moving_pattern  # noqa: E402
 from neurocodec.zoo import load_model, save_model  # noqa: E402

@@ -27,14 +27,13 @@ import json
 import platform
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from neurocodec.entropy import bits
 from neurocodec.models import ModelConfig, VideoModel, to_reference
 from neurocodec.models.motion import warp
 
@@ -154,18 +153,18 @@ def main(argv: list[str] | None = None) -> None:
     aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
     ckpt_path = args.out / "ckpt.pt"
-    stage_idx, step, elapsed, opt_state = 0, 0, 0.0, None
+    first_stage, step, elapsed, opt_state = 0, 0, 0.0, None
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=args.device, weights_only=False)
         model.load_state_dict(ck["model"], strict=False)
         aux_opt.load_state_dict(ck["aux_opt"])
-        stage_idx, step, elapsed, opt_state = ck["stage_idx"], ck["step"], ck["elapsed"], ck["opt"]
+        first_stage, step, elapsed, opt_state = ck["stage_idx"], ck["step"], ck["elapsed"], ck["opt"]
         sampler.rng.bit_generator.state = ck["sampler"]
         torch.set_rng_state(ck["torch_rng"])
-        print(f"resumed at stage {stage_idx} step {step}")
+        print(f"resumed at stage {first_stage} step {step}")
 
     log = (args.out / "log.jsonl").open("a")
-    for stage_idx in range(stage_idx, len(cfg.stages)):
+    for stage_idx in range(first_stage, len(cfg.stages)):
         stage = cfg.stages[stage_idx]
         opt = torch.optim.Adam(trainable(model, stage.name), lr=stage.lr)
         if opt_state is not None:
