@@ -84,6 +84,8 @@ def encode(
 def decode(
     input: Annotated[Path, typer.Argument(help="A .ncv stream.")],
     output: Annotated[Path, typer.Argument(help="OUT.mp4, OUT.mkv, OUT.mov, OUT.y4m, or a folder for PNGs.")],
+    model: Annotated[str | None, typer.Option(
+        help="Weights to decode with (name or .safetensors); default: the model the stream names.")] = None,
     device: Device = "cpu",
     overwrite: Overwrite = False,
 ) -> None:
@@ -91,7 +93,7 @@ def decode(
     io.output_kind(output)
     _check_output(output, overwrite)
     t0 = time.perf_counter()
-    with open_stream(input, device=device) as reader:
+    with open_stream(input, model=model, device=device) as reader:
         h = reader.header
         with _progress("decoding", h.frame_count) as advance, \
                 io.VideoWriter(output, h.width, h.height, h.fps) as writer:

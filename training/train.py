@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="run folder: checkpoints and log")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--video-dir", help="override the config's video folder")
+    ap.add_argument("--stop-after", type=int, metavar="STEPS",
+                    help="checkpoint and exit after this many steps (time-boxed runs); rerun to resume")
     args = ap.parse_args(argv)
 
     cfg = TrainConfig.load(args.config)
@@ -164,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"resumed at stage {first_stage} step {step}")
 
     log = (args.out / "log.jsonl").open("a")
+    steps_left = args.stop_after
     for stage_idx in range(first_stage, len(cfg.stages)):
         stage = cfg.stages[stage_idx]
         opt = torch.optim.Adam(trainable(model, stage.name), lr=stage.lr)
@@ -194,8 +197,10 @@ def main(argv: list[str] | None = None) -> None:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", bpp=f"{rec['bpp']:.3f}", psnr=f"{psnr:.2f}")
-            if (step + 1) % cfg.ckpt_every == 0 or step == stage.steps - 1:
-                done = step == stage.steps - 1
+            if steps_left is not None:
+                steps_left -= 1
+            done = step == stage.steps - 1
+            if (step + 1) % cfg.ckpt_every == 0 or done or steps_left == 0:
                 save(ckpt_path, {
                     "model": model.state_dict(), "opt": None if done else opt.state_dict(),
                     "aux_opt": aux_opt.state_dict(), "stage_idx": stage_idx + done,
@@ -205,6 +210,10 @@ def main(argv: list[str] | None = None) -> None:
                     "hardware": f"{platform.processor() or platform.machine()}, {args.device}, "
                                 f"{cfg.threads} threads",
                 })
+            if steps_left == 0:
+                log.close()
+                print(f"stopped after --stop-after steps; checkpoint: {ckpt_path}")
+                return
         step = 0
     log.close()
     print(f"done: {args.out / 'ckpt.pt'} ({elapsed / 60:.1f} min of training)")
