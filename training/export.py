@@ -41,8 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     stages = cfg["stages"][: ck["stage_idx"]] + (
         [{**cfg["stages"][ck["stage_idx"]], "steps": ck["step"]}] if ck["step"] else []
     )
-    digest = save_model(model, path, args.name, training=json.dumps(
-        {"stages": stages, "elapsed_s": round(ck["elapsed"]), "hardware": ck.get("hardware", "")}))
+    runs = ck.get("history", []) + [{"config_path": ck.get("config_path"), "stages": stages,
+                                      "elapsed": ck["elapsed"], "hardware": ck.get("hardware", "")}]
+    total_min = sum(r["elapsed"] for r in runs) / 60
+    digest = save_model(model, path, args.name, training=json.dumps(runs))
     path.chmod(0o644)
     clips_file = Path(cfg.get("cache_dir", "data/cache")) / "clips.json"
     clips = json.loads(clips_file.read_text()) if clips_file.exists() else ["(cache list not found)"]
@@ -52,15 +54,22 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"- weights: `{path.name}`, {path.stat().st_size / 2**20:.1f} MiB, weight hash `{digest}`",
         f"- architecture: {params / 1e6:.2f} M parameters, config `{model.config.to_json()}`",
-        f"- training: {ck['elapsed'] / 60:.0f} min of training steps on {ck.get('hardware', '?')}",
-        "- stages (batch {batch}, crops {crop}x{crop}):".format(**cfg),
-        *[f"  - {s['name']}: {s['steps']} steps, {s['frames']} frames per sequence, lr {s['lr']}"
-          for s in stages],
+        f"- training: {total_min:.0f} min of training steps in {len(runs)} run(s), "
+        f"batch {cfg['batch']} of {cfg['crop']}x{cfg['crop']} crops",
         f"- training data: {len(clips)} clips of `../shared/video`: {', '.join(clips)}",
         f"- held out (never trained on): {', '.join(VALIDATION_CLIPS)}",
-        f"- reproduce: `python -m training.train {ck.get('config_path', 'CONFIG')} --out runs/{args.name}` "
-        f"then `python -m training.export runs/{args.name}/ckpt.pt --name {args.name}`",
+        "",
+        "## How it was made",
+        "",
     ]
+    for k, run in enumerate(runs):
+        init = f" --init runs/{args.name}-{k - 1}/ckpt.pt" if k else ""
+        card.append(f"{k + 1}. `python -m training.train {run['config_path']} --out runs/{args.name}-{k}{init}` "
+                    f"({run['elapsed'] / 60:.0f} min on {run['hardware']}):")
+        card += [f"   - {s['name']}: {s['steps']} steps, {s['frames']} frames per sequence, lr {s['lr']}"
+                 for s in run["stages"]]
+    card.append(f"{len(runs) + 1}. `python -m training.export runs/{args.name}-{len(runs) - 1}/ckpt.pt "
+                f"--name {args.name}`")
     if args.results:
         card += ["", args.results.read_text().strip()]
     (args.out / f"{args.name}.md").write_text("\n".join(card) + "\n")

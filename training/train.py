@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="run folder: checkpoints and log")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--video-dir", help="override the config's video folder")
+    ap.add_argument("--init", type=Path, metavar="CKPT",
+                    help="start from the model weights of another run's checkpoint (fine-tuning)")
     ap.add_argument("--stop-after", type=int, metavar="STEPS",
                     help="checkpoint and exit after this many steps (time-boxed runs); rerun to resume")
     args = ap.parse_args(argv)
@@ -156,14 +158,24 @@ def main(argv: list[str] | None = None) -> None:
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
     ckpt_path = args.out / "ckpt.pt"
     first_stage, step, elapsed, opt_state = 0, 0, 0.0, None
+    history: list[dict] = []  # the runs this one started from (--init), for the model card
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=args.device, weights_only=False)
         model.load_state_dict(ck["model"], strict=False)
         aux_opt.load_state_dict(ck["aux_opt"])
         first_stage, step, elapsed, opt_state = ck["stage_idx"], ck["step"], ck["elapsed"], ck["opt"]
+        history = ck.get("history", [])
         sampler.rng.bit_generator.state = ck["sampler"]
         torch.set_rng_state(ck["torch_rng"])
         print(f"resumed at stage {first_stage} step {step}")
+    elif args.init is not None:
+        parent = torch.load(args.init, map_location=args.device, weights_only=False)
+        model.load_state_dict(parent["model"])
+        history = parent.get("history", []) + [{
+            "config_path": parent.get("config_path"), "stages": parent["config"]["stages"],
+            "elapsed": parent["elapsed"], "hardware": parent.get("hardware", ""),
+        }]
+        print(f"initialized from {args.init}")
 
     log = (args.out / "log.jsonl").open("a")
     steps_left = args.stop_after
@@ -207,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
                     "step": 0 if done else step + 1, "elapsed": elapsed,
                     "sampler": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                     "config": json.loads(args.config.read_text()), "config_path": str(args.config),
+                    "history": history,
                     "hardware": f"{platform.processor() or platform.machine()}, {args.device}, "
                                 f"{cfg.threads} threads",
                 })
