@@ -186,14 +186,6 @@ class Decoder:
         self._ref = to_reference(x_hat)
         return tensor_to_frame(self._ref, self.header.width, self.header.height)
 
-    def decode_all(self, packets: Iterable[Packet],
-                   progress: Callable[[int], None] | None = None) -> Iterable[np.ndarray]:
-        """Decode packets in order, yielding frames."""
-        for packet in packets:
-            yield self.decode(packet)
-            if progress is not None:
-                progress(1)
-
 
 def _frames_of(source) -> tuple[Iterable[Frame], int, int, Fraction | None, int | None]:
     """(frames, width, height, fps or None, frame count or None) of an encode source."""
