@@ -121,11 +121,14 @@ class Hyperprior(nn.Module):
     def forward(self, y: Tensor, ctx: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Training path: ``(y_hat, {"y": likelihoods, "z": likelihoods})``."""
         z = self.h_a(y)
-        _, z_lik = self.z_model(z)
+        with torch.autocast(y.device.type, enabled=False):  # rates need float32 under --amp
+            _, z_lik = self.z_model(z.float())
         medians = self._medians()
         z_hat = ste_round(z - medians) + medians
         means, scales = self._gaussian(z_hat, ctx)
-        _, y_lik = self.y_model(y, scales, means)
+        y, means, scales = y.float(), means.float(), scales.float()
+        with torch.autocast(y.device.type, enabled=False):
+            _, y_lik = self.y_model(y, scales, means)
         y_hat = ste_round(y - means) + means
         return y_hat, {"y": y_lik, "z": z_lik}
 

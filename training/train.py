@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import time
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from neurocodec.models import ModelConfig, VideoModel, to_reference
@@ -120,10 +122,56 @@ def trainable(model: VideoModel, stage: str) -> list[torch.nn.Parameter]:
     return [p for n, p in module.named_parameters() if not n.endswith("quantiles")]
 
 
+class TrainStep(torch.nn.Module):
+    """One batch's losses as a module, so DistributedDataParallel can wrap it.
+
+    The factorized priors' auxiliary (quantile) loss rides along: its gradients
+    land on parameters the rate-distortion loss never touches, so one backward
+    pass serves both optimizers and DDP averages both across processes.
+    """
+
+    def __init__(self, model: VideoModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, stage: str, seq: torch.Tensor, q: torch.Tensor):
+        loss, mse, bpp = stage_loss(self.model, stage, seq, q)
+        return loss, mse, bpp, self.model.aux_loss()
+
+
 def save(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
+
+
+def setup_distributed(device: str) -> tuple[int, int, str]:
+    """(rank, world size, device) under ``torchrun``; (0, 1, device) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    cuda = device.startswith("cuda")
+    if cuda:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), world, device
+
+
+def gather(obj):
+    """Every process's ``obj``, in rank order (a list of one without torchrun)."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def rng_state(device: str) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.startswith("cuda"):
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,48 +184,70 @@ def main(argv: list[str] | None = None) -> None:
                     help="start from the model weights of another run's checkpoint (fine-tuning)")
     ap.add_argument("--stop-after", type=int, metavar="STEPS",
                     help="checkpoint and exit after this many steps (time-boxed runs); rerun to resume")
+    ap.add_argument("--amp", action="store_true",
+                    help="bfloat16 autocast for the transforms (entropy models stay float32)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the training step")
     args = ap.parse_args(argv)
 
     cfg = TrainConfig.load(args.config)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "config.json").write_text(args.config.read_text())
+    rank, world, device = setup_distributed(args.device)
+    main_process = rank == 0
+    if main_process:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "config.json").write_text(args.config.read_text())
     torch.set_num_threads(cfg.threads)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed + rank)
 
-    # data
+    # data: decoded once by the main process, then read by all
     clips = training_clips(Path(args.video_dir or cfg.video_dir))
+    if main_process:
+        build_cache(clips, Path(cfg.cache_dir), max_frames=cfg.max_frames_per_clip)
+    if world > 1:
+        dist.barrier()
     files = build_cache(clips, Path(cfg.cache_dir), max_frames=cfg.max_frames_per_clip)
     frames = max(s.frames for s in cfg.stages)
-    sampler = CropSampler(files, cfg.crop, max(frames, 2), seed=cfg.seed)
+    sampler = CropSampler(files, cfg.crop, max(frames, 2), seed=cfg.seed + rank)
 
     # model and optimizers
-    model = VideoModel(cfg.model).to(args.device).train()
+    model = VideoModel(cfg.model).to(device).train()
     aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
     ckpt_path = args.out / "ckpt.pt"
     first_stage, step, elapsed, opt_state = 0, 0, 0.0, None
     history: list[dict] = []  # the runs this one started from (--init), for the model card
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=args.device, weights_only=False)
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"], strict=False)
         aux_opt.load_state_dict(ck["aux_opt"])
         first_stage, step, elapsed, opt_state = ck["stage_idx"], ck["step"], ck["elapsed"], ck["opt"]
         history = ck.get("history", [])
-        sampler.rng.bit_generator.state = ck["sampler"]
-        torch.set_rng_state(ck["torch_rng"])
-        print(f"resumed at stage {first_stage} step {step}")
+        sampler.rng.bit_generator.state = ck["sampler"][rank]
+        torch.set_rng_state(ck["rng"][rank]["cpu"])
+        if "cuda" in ck["rng"][rank]:
+            torch.cuda.set_rng_state(ck["rng"][rank]["cuda"], device)
+        if main_process:
+            print(f"resumed at stage {first_stage} step {step}")
     elif args.init is not None:
-        parent = torch.load(args.init, map_location=args.device, weights_only=False)
+        parent = torch.load(args.init, map_location=device, weights_only=False)
         model.load_state_dict(parent["model"])
         history = parent.get("history", []) + [{
             "config_path": parent.get("config_path"), "stages": parent["config"]["stages"],
             "elapsed": parent["elapsed"], "hardware": parent.get("hardware", ""),
         }]
-        print(f"initialized from {args.init}")
+        if main_process:
+            print(f"initialized from {args.init}")
+    train_step: torch.nn.Module = TrainStep(model)
+    if world > 1:
+        train_step = torch.nn.parallel.DistributedDataParallel(train_step, find_unused_parameters=True)
+    if args.compile:
+        train_step = torch.compile(train_step)
+    hardware = (f"{platform.processor() or platform.machine()}, {world} x {device.split(':')[0]}"
+                + (f" ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else "")
+                + f", {cfg.threads} threads")
 
-    log = (args.out / "log.jsonl").open("a")
+    log = (args.out / "log.jsonl").open("a") if main_process else None
     steps_left = args.stop_after
     for stage_idx in range(first_stage, len(cfg.stages)):
         stage = cfg.stages[stage_idx]
@@ -185,25 +255,25 @@ def main(argv: list[str] | None = None) -> None:
         if opt_state is not None:
             opt.load_state_dict(opt_state)
             opt_state = None
-        bar = tqdm(range(step, stage.steps), desc=stage.name, initial=step, total=stage.steps)
+        bar = tqdm(range(step, stage.steps), desc=stage.name, initial=step, total=stage.steps,
+                   disable=not main_process)
         for step in bar:
             t0 = time.perf_counter()
             for group in opt.param_groups:  # 10x lower learning rate for the last 15%
                 group["lr"] = stage.lr * (0.1 if step >= 0.85 * stage.steps else 1.0)
-            seq = sampler.batch(cfg.batch)[:, : max(stage.frames, 2)].to(args.device)
-            q = torch.rand(cfg.batch, device=args.device)
-            loss, mse, bpp = stage_loss(model, stage.name, seq, q)
+            seq = sampler.batch(cfg.batch)[:, : max(stage.frames, 2)].to(device)
+            q = torch.rand(cfg.batch, device=device)
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=args.amp):
+                loss, mse, bpp, aux = train_step(stage.name, seq, q)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            aux_opt.zero_grad(set_to_none=True)
+            (loss + aux).backward()
             torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], 1.0)
             opt.step()
-            aux = model.aux_loss()
-            aux_opt.zero_grad(set_to_none=True)
-            aux.backward()
             aux_opt.step()
             elapsed += time.perf_counter() - t0
-            if step % cfg.log_every == 0 or step == stage.steps - 1:
-                psnr = (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean().item()
+            if main_process and (step % cfg.log_every == 0 or step == stage.steps - 1):
+                psnr = (10 * torch.log10(1 / mse.float().clamp_min(1e-10))).mean().item()
                 rec = {"stage": stage.name, "step": step, "loss": loss.item(), "bpp": bpp.mean().item(),
                        "psnr": psnr, "aux": aux.item(), "elapsed_s": round(elapsed, 1)}
                 log.write(json.dumps(rec) + "\n")
@@ -213,23 +283,26 @@ def main(argv: list[str] | None = None) -> None:
                 steps_left -= 1
             done = step == stage.steps - 1
             if (step + 1) % cfg.ckpt_every == 0 or done or steps_left == 0:
-                save(ckpt_path, {
-                    "model": model.state_dict(), "opt": None if done else opt.state_dict(),
-                    "aux_opt": aux_opt.state_dict(), "stage_idx": stage_idx + done,
-                    "step": 0 if done else step + 1, "elapsed": elapsed,
-                    "sampler": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                    "config": json.loads(args.config.read_text()), "config_path": str(args.config),
-                    "history": history,
-                    "hardware": f"{platform.processor() or platform.machine()}, {args.device}, "
-                                f"{cfg.threads} threads",
-                })
+                samplers, rngs = gather(sampler.rng.bit_generator.state), gather(rng_state(device))
+                if main_process:
+                    save(ckpt_path, {
+                        "model": model.state_dict(), "opt": None if done else opt.state_dict(),
+                        "aux_opt": aux_opt.state_dict(), "stage_idx": stage_idx + done,
+                        "step": 0 if done else step + 1, "elapsed": elapsed, "sampler": samplers, "rng": rngs,
+                        "config": json.loads(args.config.read_text()), "config_path": str(args.config),
+                        "history": history, "hardware": hardware,
+                    })
             if steps_left == 0:
-                log.close()
-                print(f"stopped after --stop-after steps; checkpoint: {ckpt_path}")
-                return
+                if main_process:
+                    log.close()
+                    print(f"stopped after --stop-after steps; checkpoint: {ckpt_path}")
+                break
+        if steps_left == 0:
+            break
         step = 0
-    log.close()
-    print(f"done: {args.out / 'ckpt.pt'} ({elapsed / 60:.1f} min of training)")
+    if main_process and steps_left != 0:
+        log.close()
+        print(f"done: {ckpt_path} ({elapsed / 60:.1f} min of training)")
 
 
 if __name__ == "__main__":
