@@ -157,7 +157,7 @@ def demo(
         fps = 30.0
     else:
         clip = np.stack(list(io.read_frames(input, max_frames=frames)))
-        source, fps = str(input), float(io.probe(input).fps)
+        source, fps = str(input), io.probe(input).fps
     n, height, width = clip.shape[:3]
     out.print(f"[bold]neurocodec demo[/]: {source}\n  {width}x{height}, {n} frames, "
               f"model {model}, quality {quality}, gop {gop}")
@@ -175,7 +175,8 @@ def demo(
     psnr = np.mean([metrics.psnr(a, b) for a, b in zip(clip, decoded, strict=True)])
     psnr_yuv = np.mean([metrics.psnr_yuv420(a, b)["yuv"] for a, b in zip(clip, decoded, strict=True)])
     bpp = metrics.bits_per_pixel(len(data), width, height, n)
-    out.print(f"  size     {len(data):,} bytes = {len(data) * 8 * fps / n / 1000:.1f} kbps at {fps:g} fps, "
+    out.print(f"  size     {len(data):,} bytes = {len(data) * 8 * float(fps) / n / 1000:.1f} kbps "
+              f"at {float(fps):.3g} fps, "
               f"{bpp:.4f} bits per pixel")
     out.print(f"  PSNR     {psnr:.2f} dB RGB, {psnr_yuv:.2f} dB YUV420 (BT.709, 6:1:1)")
     out.print(f"  speed    encode {n / t_enc:.2f} fps, decode {n / t_dec:.2f} fps ({device})")

@@ -108,7 +108,9 @@ class Encoder:
         self.device = torch.device(device)
         self.model = _resolve_model(model, self.device)
         name, digest = model_identity(self.model)
-        fps = Fraction(fps).limit_denominator(1_000_000)
+        fps = Fraction(fps)
+        if max(fps.numerator, fps.denominator) > 1_000_000:  # a float like 29.97: the nearest video rate
+            fps = fps.limit_denominator(1001)
         self.header = StreamHeader(
             model=name, weight_hash=digest, width=width, height=height, fps=fps,
             gop=gop, quality=code_to_quality(quality_to_code(quality)), frame_count=frame_count,

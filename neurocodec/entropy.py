@@ -160,8 +160,13 @@ class Hyperprior(nn.Module):
         return self.y_model.decompress([_guard(y_bytes, indexes.numel())], indexes, means=means)
 
     def update(self) -> None:
-        """Rebuild the integer CDF tables from the learned parameters (before export)."""
-        self.z_model.update(force=True)
+        """Rebuild the integer CDF tables from the learned parameters (before export).
+
+        The quantiles that bound the factorized model's tables are solved for
+        from its learned density, rather than trusted from the slowly
+        converging auxiliary loss: loose bounds cost escape codes.
+        """
+        self.z_model.update(force=True, update_quantiles=True)
         self.y_model.update_scale_table(SCALE_TABLE, force=True)
 
     def aux_loss(self) -> Tensor:

@@ -50,6 +50,9 @@ class Stage:
     steps: int
     frames: int = 1  #: frames per training sequence (1 I-frame + frames-1 P-frames)
     lr: float = 1e-4
+    #: multiplies lambda: a motion warm-up with a larger weight on the warped
+    #: prediction's error makes spending bits on motion worth it early on.
+    lambda_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,9 @@ def ste_reference(x_hat: torch.Tensor) -> torch.Tensor:
     return x + (to_reference(x) - x).detach()
 
 
-def stage_loss(model: VideoModel, stage: str, seq: torch.Tensor, q: torch.Tensor):
+def stage_loss(model: VideoModel, stage: str, seq: torch.Tensor, q: torch.Tensor, lambda_scale: float = 1.0):
     """Loss and logged stats of one batch ``seq`` [B, T, 3, H, W]."""
-    lam = model.lmbda(q) * 255.0**2
+    lam = model.lmbda(q) * 255.0**2 * lambda_scale
     x0 = seq[:, 0]
     if stage == "intra":
         out = model.intra(x0, q)
@@ -116,10 +119,19 @@ def stage_loss(model: VideoModel, stage: str, seq: torch.Tensor, q: torch.Tensor
     return torch.stack(losses).mean(), torch.stack(mses).mean(0), torch.stack(bpps).mean(0)
 
 
-def trainable(model: VideoModel, stage: str) -> list[torch.nn.Parameter]:
-    """The parameters a stage trains (never the factorized models' quantiles)."""
-    module = {"intra": model.intra, "motion": model.inter.motion}.get(stage, model.inter)
-    return [p for n, p in module.named_parameters() if not n.endswith("quantiles")]
+def param_groups(model: VideoModel, stage: Stage) -> list[dict]:
+    """The parameters a stage trains (never the factorized models' quantiles).
+
+    The factorized hyper-latent densities learn at 10x the rate: from their
+    broad initialisation they otherwise take far longer than the transforms
+    to tighten, and every frame pays for the hyper-latent in the meantime.
+    """
+    module = {"intra": model.intra, "motion": model.inter.motion}.get(stage.name, model.inter)
+    named = [(n, p) for n, p in module.named_parameters() if not n.endswith("quantiles")]
+    density = [p for n, p in named if ".z_model." in n]
+    rest = [p for n, p in named if ".z_model." not in n]
+    return [{"params": rest, "lr": stage.lr, "base_lr": stage.lr},
+            {"params": density, "lr": 10 * stage.lr, "base_lr": 10 * stage.lr}]
 
 
 class TrainStep(torch.nn.Module):
@@ -134,8 +146,8 @@ class TrainStep(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, stage: str, seq: torch.Tensor, q: torch.Tensor):
-        loss, mse, bpp = stage_loss(self.model, stage, seq, q)
+    def forward(self, stage: Stage, seq: torch.Tensor, q: torch.Tensor):
+        loss, mse, bpp = stage_loss(self.model, stage.name, seq, q, stage.lambda_scale)
         return loss, mse, bpp, self.model.aux_loss()
 
 
@@ -251,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     steps_left = args.stop_after
     for stage_idx in range(first_stage, len(cfg.stages)):
         stage = cfg.stages[stage_idx]
-        opt = torch.optim.Adam(trainable(model, stage.name), lr=stage.lr)
+        opt = torch.optim.Adam(param_groups(model, stage))
         if opt_state is not None:
             opt.load_state_dict(opt_state)
             opt_state = None
@@ -260,15 +272,15 @@ def main(argv: list[str] | None = None) -> None:
         for step in bar:
             t0 = time.perf_counter()
             for group in opt.param_groups:  # 10x lower learning rate for the last 15%
-                group["lr"] = stage.lr * (0.1 if step >= 0.85 * stage.steps else 1.0)
+                group["lr"] = group["base_lr"] * (0.1 if step >= 0.85 * stage.steps else 1.0)
             seq = sampler.batch(cfg.batch)[:, : max(stage.frames, 2)].to(device)
             q = torch.rand(cfg.batch, device=device)
             with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=args.amp):
-                loss, mse, bpp, aux = train_step(stage.name, seq, q)
+                loss, mse, bpp, aux = train_step(stage, seq, q)
             opt.zero_grad(set_to_none=True)
             aux_opt.zero_grad(set_to_none=True)
             (loss + aux).backward()
-            torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], 1.0)
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
             opt.step()
             aux_opt.step()
             elapsed += time.perf_counter() - t0
