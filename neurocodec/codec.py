@@ -42,7 +42,7 @@ from .container import (
 from .errors import BitstreamError, InputError, ModelMismatchError, VideoIOError
 from .io import probe, read_frames
 from .models import VideoModel, pad_to_stride, to_reference
-from .zoo import DEFAULT_MODEL, load_model, model_identity
+from .zoo import DEFAULT_MODEL, load_model, model_identity, torch_device
 
 __all__ = ["Encoder", "Decoder", "Frame", "encode", "decode", "atomic_output"]
 
@@ -105,7 +105,7 @@ class Encoder:
         frame_count: int | None = None,
         device: str | torch.device = "cpu",
     ):
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         self.model = _resolve_model(model, self.device)
         name, digest = model_identity(self.model)
         fps = Fraction(fps)
@@ -157,7 +157,7 @@ class Decoder:
         device: str | torch.device = "cpu",
     ):
         self.header = header
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         self.model = _resolve_model(header.model if model is None else model, self.device)
         name, digest = model_identity(self.model)
         if digest != header.weight_hash:

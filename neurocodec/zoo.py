@@ -87,6 +87,17 @@ def save_model(model: VideoModel, path: Path, name: str, **metadata: str) -> str
     return weight_hash(model)
 
 
+def torch_device(device: str | torch.device) -> torch.device:
+    """A usable torch device, or an InputError that says why not."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"invalid device {device!r}: {e}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' requested, but this torch has no usable CUDA device")
+    return device
+
+
 def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, device: str | torch.device = "cpu") -> VideoModel:
     """A registered model by name, or a ``.safetensors`` file, ready to code (eval mode).
 
@@ -127,7 +138,7 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, device: str | torch.
         )
     model.name = meta.get("name", path.stem)
     model.weight_hash = weight_hash(model)
-    return model.to(device).eval()
+    return model.to(torch_device(device)).eval()
 
 
 def _derived_keys(model: VideoModel) -> set[str]:
