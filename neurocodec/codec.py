@@ -41,12 +41,17 @@ from .container import (
 )
 from .errors import BitstreamError, InputError, ModelMismatchError, VideoIOError
 from .io import probe, read_frames
-from .models import VideoModel, pad_to_stride, to_reference
+from .models import STRIDE, VideoModel, pad_to_stride, to_reference
 from .zoo import DEFAULT_MODEL, load_model, model_identity, torch_device
 
 __all__ = ["Encoder", "Decoder", "Frame", "encode", "decode", "atomic_output"]
 
 Frame = np.ndarray | torch.Tensor
+
+#: Largest frame a :class:`Decoder` accepts by default (8K): a stream header is
+#: untrusted input, and a forged 16384x16384 header must not make the decoder
+#: try to allocate tens of gigabytes.
+MAX_PIXELS = 8192 * 4352
 
 
 def _resolve_model(model: str | VideoModel, device: str | torch.device) -> VideoModel:
@@ -155,7 +160,13 @@ class Decoder:
         *,
         model: str | VideoModel | None = None,
         device: str | torch.device = "cpu",
+        max_pixels: int = MAX_PIXELS,
     ):
+        if header.width * header.height > max_pixels:
+            raise BitstreamError(
+                f"stream frames are {header.width}x{header.height}, over this decoder's limit of "
+                f"{max_pixels:,} pixels (pass max_pixels= to allow larger frames)"
+            )
         self.header = header
         self.device = torch_device(device)
         self.model = _resolve_model(header.model if model is None else model, self.device)
@@ -166,8 +177,7 @@ class Decoder:
                 f"but the loaded {name!r} has weights {digest}: decoding would give garbage"
             )
         self._ref: torch.Tensor | None = None
-        hp, wp = pad_to_stride(torch.empty(1, 1, header.height, header.width)).shape[-2:]
-        self._padded_hw = (hp, wp)
+        self._padded_hw = (-(-header.height // STRIDE) * STRIDE, -(-header.width // STRIDE) * STRIDE)
 
     def reset(self) -> None:
         """Forget the reference frame (after a seek, decoding restarts at an I-frame)."""

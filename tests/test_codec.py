@@ -256,3 +256,12 @@ def test_missing_file_is_a_video_io_error(tmp_path):
 def test_unusable_device_is_an_input_error(tiny_model, device):
     with pytest.raises(InputError):
         neurocodec.Encoder(8, 8, model=tiny_model, device=device)
+
+
+def test_absurd_frame_size_is_refused_before_any_allocation(tiny_model):
+    from neurocodec.container import StreamHeader
+
+    header = StreamHeader(model="tiny-test", weight_hash=tiny_model.weight_hash, width=16384, height=16384,
+                          fps=30, gop=32, quality=0.5)
+    with pytest.raises(BitstreamError, match="limit"):
+        neurocodec.Decoder(header, model=tiny_model)
