@@ -54,11 +54,12 @@ Frame = np.ndarray | torch.Tensor
 MAX_PIXELS = 8192 * 4352
 
 
-def _resolve_model(model: str | VideoModel, device: str | torch.device) -> VideoModel:
-    if isinstance(model, VideoModel):
-        model_identity(model)  # builds entropy tables and the hash if it has none
-        return model.to(device).eval()
-    return load_model(model, device=device)
+def _resolve_model(model: str | VideoModel, device: torch.device) -> VideoModel:
+    if not isinstance(model, VideoModel):
+        model = load_model(model, device=device)
+    model_identity(model)  # builds entropy tables and the hash if it has none
+    # Channels-last convolutions run ~1.5x faster on CPU (and suit GPU tensor cores).
+    return model.to(device=device, memory_format=torch.channels_last).eval()
 
 
 def frame_to_tensor(frame: Frame, width: int, height: int, device: torch.device) -> torch.Tensor:
