@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         card.append(f"{k + 1}. `python -m training.train {run['config_path']} --out runs/{args.name}-{k}{init}` "
                     f"({run['elapsed'] / 60:.0f} min on {run['hardware']}):")
         card += [f"   - {s['name']}: {s['steps']} steps, {s['frames']} frames per sequence, lr {s['lr']}"
+                 + (f", lambda x{s['lambda_scale']:g}" if s.get("lambda_scale", 1.0) != 1.0 else "")
                  for s in run["stages"]]
     card.append(f"{len(runs) + 1}. `python -m training.export runs/{args.name}-{len(runs) - 1}/ckpt.pt "
                 f"--name {args.name}`")
