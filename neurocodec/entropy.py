@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ._compat import EntropyBottleneck, GaussianConditional
 from .errors import BitstreamError
 
-__all__ = ["SCALE_TABLE", "scale_indexes", "ste_round", "Hyperprior", "bits"]
+__all__ = ["SCALE_TABLE", "scale_indexes", "ste_round", "Hyperprior"]
 
 #: Gaussian scales the coder has tables for (log-spaced, as in CompressAI).
 SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64
@@ -65,11 +65,6 @@ def _guard(data: bytes, symbols: int) -> bytes:
     every read inside memory we own, and zeros end its escape-code loops.
     """
     return data + bytes(4 * symbols + 64)
-
-
-def bits(likelihoods: Tensor) -> Tensor:
-    """Total information content in bits of a tensor of likelihoods."""
-    return -torch.log2(likelihoods).sum()
 
 
 def _conv(cin: int, cout: int, k: int, s: int = 1) -> nn.Conv2d:
