@@ -149,7 +149,9 @@ def probe(path: str | os.PathLike, *, size: tuple[int, int] | None = None,
         return VideoInfo(*_load_png(files[0], size_only=True), _as_fps(fps), len(files))
     container, stream, raw = _open(p, size, pix_fmt, fps)
     try:
-        rate = _as_fps(fps) if raw else (stream.average_rate or stream.guessed_rate or stream.base_rate)
+        # The nominal rate (30, 30000/1001), not the duration-derived average (2160/77 for a
+        # 30 fps clip whose last frame is short).
+        rate = _as_fps(fps) if raw else (stream.guessed_rate or stream.base_rate or stream.average_rate)
         rate = Fraction(rate) if rate else _DEFAULT_FPS
         count = stream.frames or None
         if count is None and container.format.name in ("rawvideo", "yuv4mpegpipe") and stream.duration:
