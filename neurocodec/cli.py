@@ -73,11 +73,22 @@ def encode(
         raise InputError("--gop must be a positive frame count or -1")
     info = io.probe(input)
     total = min(info.frame_count or frames or 0, frames or 10**9) or None
+    count = 0
+
+    def advance_and_count(n: int = 1) -> None:
+        nonlocal count
+        count += n
+        advance(n)
+
     t0 = time.perf_counter()
     with _progress("encoding", total) as advance:
         codec.encode(input, output, model=model, quality=quality, gop=gop, max_frames=frames,
-                     device=device, progress=advance)
-    _summary(output, time.perf_counter() - t0, "encoded")
+                     device=device, progress=advance_and_count)
+    seconds, nbytes = time.perf_counter() - t0, output.stat().st_size
+    bpp = metrics.bits_per_pixel(nbytes, info.width, info.height, count)
+    out.print(f"encoded {count} frames {info.width}x{info.height} to {output}: {nbytes:,} bytes, "
+              f"{nbytes * 8 * float(info.fps) / count / 1000:.1f} kbps, {bpp:.4f} bpp, "
+              f"{count / seconds:.2f} fps")
 
 
 @app.command()
@@ -190,16 +201,6 @@ def models() -> None:
     for name, description in zoo.available_models().items():
         mark = " (default)" if name == zoo.DEFAULT_MODEL else ""
         out.print(f"[bold]{name}[/]{mark}: {description}")
-
-
-def _summary(path: Path, seconds: float, verb: str) -> None:
-    with open_stream(path) as reader:
-        h, n = reader.header, len(reader)
-    nbytes = path.stat().st_size
-    bpp = metrics.bits_per_pixel(nbytes, h.width, h.height, max(n, 1))
-    out.print(f"{verb} {n} frames {h.width}x{h.height} to {path}: {nbytes:,} bytes, "
-              f"{nbytes * 8 * float(h.fps) / max(n, 1) / 1000:.1f} kbps, {bpp:.4f} bpp, "
-              f"{n / seconds:.2f} fps")
 
 
 def main() -> None:

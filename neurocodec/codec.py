@@ -41,7 +41,7 @@ from .container import (
 )
 from .errors import BitstreamError, InputError, ModelMismatchError, VideoIOError
 from .io import probe, read_frames
-from .models import STRIDE, VideoModel, pad_to_stride, to_reference
+from .models import VideoModel, pad_to_stride, padded_size, to_reference
 from .zoo import DEFAULT_MODEL, load_model, model_identity, torch_device
 
 __all__ = ["Encoder", "Decoder", "Frame", "encode", "decode", "atomic_output"]
@@ -114,14 +114,14 @@ class Encoder:
         self.device = torch_device(device)
         self.model = _resolve_model(model, self.device)
         name, digest = model_identity(self.model)
+        self._quality_code = quality_to_code(quality)
         fps = Fraction(fps)
         if max(fps.numerator, fps.denominator) > 1_000_000:  # a float like 29.97: the nearest video rate
             fps = fps.limit_denominator(1001)
         self.header = StreamHeader(
             model=name, weight_hash=digest, width=width, height=height, fps=fps,
-            gop=gop, quality=code_to_quality(quality_to_code(quality)), frame_count=frame_count,
+            gop=gop, quality=code_to_quality(self._quality_code), frame_count=frame_count,
         )
-        self._quality_code = quality_to_code(quality)
         self._ref: torch.Tensor | None = None
         self._pts = 0
         #: The last frame as the decoder will reconstruct it (uint8 [H, W, 3]).
@@ -178,7 +178,7 @@ class Decoder:
                 f"but the loaded {name!r} has weights {digest}: decoding would give garbage"
             )
         self._ref: torch.Tensor | None = None
-        self._padded_hw = (-(-header.height // STRIDE) * STRIDE, -(-header.width // STRIDE) * STRIDE)
+        self._padded_hw = padded_size(header.height, header.width)
 
     def reset(self) -> None:
         """Forget the reference frame (after a seek, decoding restarts at an I-frame)."""

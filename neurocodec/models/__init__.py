@@ -13,9 +13,9 @@ from ..entropy import Hyperprior
 from ..errors import InputError
 from .inter import InterCoder
 from .intra import IntraCoder
-from .layers import STRIDE, pad_to_stride, to_reference
+from .layers import STRIDE, pad_to_stride, padded_size, to_reference
 
-__all__ = ["ModelConfig", "VideoModel", "STRIDE", "pad_to_stride", "to_reference"]
+__all__ = ["ModelConfig", "VideoModel", "STRIDE", "pad_to_stride", "padded_size", "to_reference"]
 
 
 @dataclass(frozen=True)

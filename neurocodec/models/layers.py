@@ -35,10 +35,16 @@ def synthesis(m: int, n: int, cout: int) -> nn.Sequential:
     )
 
 
+def padded_size(height: int, width: int, stride: int = STRIDE) -> tuple[int, int]:
+    """The (height, width) a frame is coded at: rounded up to multiples of ``stride``."""
+    return height + -height % stride, width + -width % stride
+
+
 def pad_to_stride(x: Tensor, stride: int = STRIDE) -> Tensor:
     """Replicate-pad [B, C, H, W] on the bottom/right to multiples of ``stride``."""
     h, w = x.shape[-2:]
-    ph, pw = -h % stride, -w % stride
+    hp, wp = padded_size(h, w, stride)
+    ph, pw = hp - h, wp - w
     if ph == 0 and pw == 0:
         return x
     return F.pad(x, (0, pw, 0, ph), mode="replicate")
