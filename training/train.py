@@ -315,6 +315,9 @@ def main(argv: list[str] | None = None) -> None:
     if main_process and steps_left != 0:
         log.close()
         print(f"done: {ckpt_path} ({elapsed / 60:.1f} min of training)")
+    if world > 1:  # leave together: a process exiting mid-collective aborts its peer
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
