@@ -1,8 +1,7 @@
 """Hyperprior entropy model and real entropy coding to bytes.
 
 A latent ``y`` is modelled as a Gaussian whose mean and scale come from a
-hyper-latent ``z`` (Minnen et al. 2018, the mean-scale hyperprior), optionally
-fused with extra context features (the temporal prior of a P-frame). ``z`` has
+hyper-latent ``z`` (Minnen et al. 2018, the mean-scale hyperprior). ``z`` has
 a learned factorized density (CompressAI's ``EntropyBottleneck``). Both are
 coded with CompressAI's rANS coder.
 
@@ -14,41 +13,49 @@ Training and coding are separate paths on the same parameters:
   ``y_hat`` through one shared function so the encoder's reconstruction equals
   the decoder's bit for bit on the same device.
 
-The value that selects a probability table (the scale index) is computed in
-one place, :func:`scale_indexes`.
+Determinism across devices. The decoder can parse a latent element only with
+the same probability table the encoder used; a table index computed in
+floating point on another device (GPU, half precision, another CPU) may round
+the other way and turn the rest of the stream into noise. So the *scale*
+path, the one that selects tables, depends on the decoded hyper-latent alone
+(never on the float temporal context of a P-frame) and is evaluated in exact
+integer arithmetic: weights and activations in fixed point, convolutions on
+integer-valued float64 tensors whose every partial sum is an integer below
+2^53, so no summation order, kernel or device can change the result
+(:class:`ExactStack`). The means only shift the decoded values, never the
+parse, so they stay in floating point and may take the temporal context.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._compat import EntropyBottleneck, GaussianConditional
+from ._compat import EntropyBottleneck, GaussianConditional, RansDecoder, RansEncoder
 from .errors import BitstreamError
+from .tables import SCALE_FRACTION_BITS, SCALE_TABLE, coding_tables
 
-__all__ = ["SCALE_TABLE", "scale_indexes", "ste_round", "Hyperprior"]
+__all__ = ["SCALE_TABLE", "ExactStack", "Hyperprior", "scale_index", "ste_round"]
 
-#: Gaussian scales the coder has tables for (log-spaced, as in CompressAI).
-SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64
-SCALE_TABLE: list[float] = [
-    math.exp(v)
-    for v in torch.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), SCALE_LEVELS).tolist()
-]
-_LOG_SCALE_MIN = math.log(SCALE_MIN)
-_LOG_SCALE_STEP = (math.log(SCALE_MAX) - math.log(SCALE_MIN)) / (SCALE_LEVELS - 1)
+#: Fraction bits of the exact path's fixed-point weights (activations carry
+#: SCALE_FRACTION_BITS).
+WEIGHT_FRACTION_BITS = 16
+#: Activations are clamped to this magnitude (never reached by trained weights);
+#: with it every layer's partial sums are provably below 2^53 (checked per layer).
+_ACTIVATION_LIMIT = 2.0**14
+_EXACT_LIMIT = 2.0**53
 
 
-def scale_indexes(scales: Tensor) -> Tensor:
-    """Index of the smallest table scale >= ``scales``: the choice of CDF.
+def scale_index(scales: Tensor) -> Tensor:
+    """Table index for integer scales (``SCALE_FRACTION_BITS`` fraction bits).
 
-    Rounding up keeps the chosen Gaussian at least as wide as predicted (a
-    narrower one costs more bits than a slightly wider one). Computed in
-    float64 on the CPU-independent log grid so that encoder and decoder agree.
+    The smallest table scale >= the predicted one: rounding up keeps the chosen
+    Gaussian at least as wide as predicted (a narrower one costs more bits).
+    Integer comparisons against the shipped bounds, so exact everywhere.
     """
-    pos = (scales.double().clamp_min(SCALE_MIN).log() - _LOG_SCALE_MIN) / _LOG_SCALE_STEP
-    return pos.sub(1e-6).ceil().clamp(0, SCALE_LEVELS - 1).int()
+    bounds = coding_tables().bounds.to(scales.device, torch.float64)
+    return torch.searchsorted(bounds, scales.contiguous()).clamp_(max=len(SCALE_TABLE) - 1).int()
 
 
 def ste_round(x: Tensor) -> Tensor:
@@ -75,12 +82,65 @@ def _deconv(cin: int, cout: int, k: int, s: int) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(cin, cout, k, stride=s, padding=k // 2, output_padding=s - 1)
 
 
+class ExactStack:
+    """Integer-exact evaluation of a stack of convolutions and leaky ReLUs.
+
+    Weights are rounded to ``WEIGHT_FRACTION_BITS`` fraction bits, biases to
+    those plus ``SCALE_FRACTION_BITS``; activations are integers with
+    ``SCALE_FRACTION_BITS`` fraction bits. Each layer accumulates products of
+    integers into float64, checked at build time never to exceed 2^53, so
+    every partial sum is exact whatever the summation order, then rescales by
+    a power of two and floors (exact). The leaky ReLU is one IEEE multiply and
+    a floor: correctly rounded on every device. cuDNN is bypassed because
+    some of its algorithms (FFT, Winograd) transform the operands.
+    """
+
+    def __init__(self, layers: list[nn.Module]):
+        self.ops: list[tuple] = []
+        limit = _ACTIVATION_LIMIT * 2**SCALE_FRACTION_BITS
+        for layer in layers:
+            if isinstance(layer, nn.LeakyReLU):
+                self.ops.append(("relu", layer.negative_slope))
+                continue
+            if not isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+                raise TypeError(f"no exact form for {type(layer).__name__}")
+            w = torch.round(layer.weight.detach().double() * 2**WEIGHT_FRACTION_BITS)
+            b = torch.round(layer.bias.detach().double() * 2 ** (WEIGHT_FRACTION_BITS + SCALE_FRACTION_BITS))
+            out_dim = 1 if isinstance(layer, nn.ConvTranspose2d) else 0
+            worst = w.abs().transpose(0, out_dim).flatten(1).sum(1) * limit + b.abs()
+            if worst.max() >= _EXACT_LIMIT:
+                raise ValueError("weights too large for the exact entropy-parameter path")
+            kind = "deconv" if out_dim else "conv"
+            extra = {"output_padding": layer.output_padding} if out_dim else {}
+            self.ops.append((kind, w, b, dict(stride=layer.stride, padding=layer.padding, **extra)))
+
+    def to(self, device: torch.device) -> ExactStack:
+        self.ops = [(op[0], op[1].to(device), op[2].to(device), op[3]) if op[0] != "relu" else op
+                    for op in self.ops]
+        return self
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """``x``: integer-valued float64 (fixed point); returns the same."""
+        limit = _ACTIVATION_LIMIT * 2**SCALE_FRACTION_BITS
+        with torch.autocast(x.device.type, enabled=False), torch.backends.cudnn.flags(enabled=False):
+            for op in self.ops:
+                if op[0] == "relu":
+                    x = torch.where(x >= 0, x, torch.floor(x * op[1]))
+                    continue
+                conv = F.conv_transpose2d if op[0] == "deconv" else F.conv2d
+                x = conv(x, op[1], op[2], **op[3])
+                x = torch.floor(x * 2.0**-WEIGHT_FRACTION_BITS).clamp_(-limit, limit)
+        return x
+
+
 class Hyperprior(nn.Module):
     """Mean-scale hyperprior over a latent ``y`` [B, M, h, w] (h, w multiples of 4).
 
-    ``ctx`` (optional, [B, ctx_channels, h, w]) is fused into the entropy
-    parameters: a P-frame passes features of its motion-compensated
-    prediction there, so the prior knows what the past already explains.
+    ``h_s`` decodes the hyper-latent into features shared by two heads: the
+    scale head (exact at coding time, see the module notes) and the mean head,
+    which also sees ``ctx`` (optional, [B, ctx_channels, h, w]): a P-frame
+    passes features of its motion-compensated prediction there, so the means
+    start from what the past already explains.
     """
 
     def __init__(self, latent_channels: int, hyper_channels: int, ctx_channels: int = 0):
@@ -96,49 +156,68 @@ class Hyperprior(nn.Module):
             _deconv(n, m * 3 // 2, 5, 2), nn.LeakyReLU(inplace=True),
             _conv(m * 3 // 2, 2 * m, 3),
         )
-        self.params = nn.Sequential(
-            _conv(2 * m + ctx_channels, 2 * m, 1), nn.LeakyReLU(inplace=True),
-            _conv(2 * m, 2 * m, 1),
+        self.scale_head = nn.Sequential(_conv(2 * m, 2 * m, 1), nn.LeakyReLU(inplace=True), _conv(2 * m, m, 1))
+        self.mean_head = nn.Sequential(
+            _conv(2 * m + ctx_channels, 2 * m, 1), nn.LeakyReLU(inplace=True), _conv(2 * m, m, 1)
         )
         self.z_model = EntropyBottleneck(n)
         self.y_model = GaussianConditional(SCALE_TABLE)
+        #: (device, trunk, scale head), derived from the weights when first coding
+        self._exact: tuple[torch.device, ExactStack, ExactStack] | None = None
 
     def _medians(self) -> Tensor:
         return self.z_model._get_medians().detach().reshape(1, -1, 1, 1)
 
-    def _gaussian(self, z_hat: Tensor, ctx: Tensor | None) -> tuple[Tensor, Tensor]:
-        h = self.h_s(z_hat)
-        if ctx is not None:
-            h = torch.cat([h, ctx], dim=1)
-        means, scales = self.params(h).chunk(2, dim=1)
-        return means, scales
+    def _means(self, h: Tensor, ctx: Tensor | None) -> Tensor:
+        return self.mean_head(h if ctx is None else torch.cat([h, ctx.to(h.dtype)], dim=1))
 
     def forward(self, y: Tensor, ctx: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Training path: ``(y_hat, {"y": likelihoods, "z": likelihoods})``."""
+        self._exact = None  # the weights are (about to be) changing
         z = self.h_a(y)
         with torch.autocast(y.device.type, enabled=False):  # rates need float32 under --amp
             _, z_lik = self.z_model(z.float())
         medians = self._medians()
         z_hat = ste_round(z - medians) + medians
-        means, scales = self._gaussian(z_hat, ctx)
-        y, means, scales = y.float(), means.float(), scales.float()
+        h = self.h_s(z_hat)
+        means, scales = self._means(h, ctx).float(), self.scale_head(h).float()
+        y = y.float()
         with torch.autocast(y.device.type, enabled=False):
             _, y_lik = self.y_model(y, scales, means)
         y_hat = ste_round(y - means) + means
         return y_hat, {"y": y_lik, "z": z_lik}
 
+    def entropy_parameters(self, z_hat: Tensor, ctx: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Coding path: (means float32, table indexes int32) for a decoded ``z_hat``.
+
+        The indexes are exact functions of ``z_hat``'s integer symbols (the
+        shipped medians are fixed), identical on every device and precision.
+        """
+        if self._exact is None or self._exact[0] != z_hat.device:
+            self._exact = (z_hat.device, ExactStack(list(self.h_s)).to(z_hat.device),
+                           ExactStack(list(self.scale_head)).to(z_hat.device))
+        _, trunk, head = self._exact
+        h = trunk(torch.round(z_hat.double() * 2**SCALE_FRACTION_BITS))
+        indexes = scale_index(head(h))
+        with torch.autocast(z_hat.device.type, enabled=False):  # means stay float32: they set y_hat
+            means = self._means((h * 2.0**-SCALE_FRACTION_BITS).float(), None if ctx is None else ctx.float())
+        return means, indexes
+
     @torch.no_grad()
     def compress(self, y: Tensor, ctx: Tensor | None = None) -> tuple[list[bytes], Tensor]:
         """Code ``y`` (batch 1) to ``[y_bytes, z_bytes]``; returns the decoder's ``y_hat``."""
-        z = self.h_a(y)
+        y = y.float()
+        z = self.h_a(y).float()
         z_bytes = self.z_model.compress(z)[0]
         medians = self._medians()
         z_hat = torch.round(z - medians) + medians
-        means, scales = self._gaussian(z_hat, ctx)
-        indexes = scale_indexes(scales)
-        y_bytes = self.y_model.compress(y, indexes, means)[0]
-        y_hat = torch.round(y - means) + means
-        return [y_bytes, z_bytes], y_hat
+        means, indexes = self.entropy_parameters(z_hat, ctx)
+        symbols = torch.round(y - means)
+        t = coding_tables()
+        y_bytes = RansEncoder().encode_with_indexes(
+            symbols.int().flatten().tolist(), indexes.flatten().tolist(), t.rows, t.lengths_list, t.offsets_list
+        )
+        return [y_bytes, z_bytes], symbols + means
 
     @torch.no_grad()
     def decompress(
@@ -150,19 +229,32 @@ class Hyperprior(nn.Module):
         y_bytes, z_bytes = streams
         z_hw = (latent_hw[0] // 4, latent_hw[1] // 4)
         z_hat = self.z_model.decompress([_guard(z_bytes, self.z_model.channels * z_hw[0] * z_hw[1])], z_hw)
-        means, scales = self._gaussian(z_hat, ctx)
-        indexes = scale_indexes(scales)
-        return self.y_model.decompress([_guard(y_bytes, indexes.numel())], indexes, means=means)
+        means, indexes = self.entropy_parameters(z_hat, ctx)
+        t = coding_tables()
+        values = RansDecoder().decode_with_indexes(
+            _guard(y_bytes, indexes.numel()), indexes.flatten().tolist(), t.rows, t.lengths_list, t.offsets_list
+        )
+        symbols = torch.tensor(values, dtype=torch.float32, device=means.device).reshape(means.shape)
+        return symbols + means
 
     def update(self) -> None:
-        """Rebuild the integer CDF tables from the learned parameters (before export).
+        """Rebuild the factorized model's tables from its learned density (before export).
 
-        The quantiles that bound the factorized model's tables are solved for
-        from its learned density, rather than trusted from the slowly
-        converging auxiliary loss: loose bounds cost escape codes.
+        The quantiles that bound them are solved for from the density, rather
+        than trusted from the slowly converging auxiliary loss: loose bounds
+        cost escape codes.
         """
         self.z_model.update(force=True, update_quantiles=True)
-        self.y_model.update_scale_table(SCALE_TABLE, force=True)
+        self.load_tables()
+
+    def load_tables(self) -> None:
+        """Install the shipped Gaussian tables; re-derive the exact scale path from the weights."""
+        t = coding_tables()
+        device = self.h_s[0].weight.device
+        self.y_model._quantized_cdf = t.cdf.to(device)
+        self.y_model._cdf_length = t.cdf_length.to(device)
+        self.y_model._offset = t.offset.to(device)
+        self._exact = None
 
     def aux_loss(self) -> Tensor:
         """Loss that fits the factorized model's quantiles (CompressAI's auxiliary loss)."""

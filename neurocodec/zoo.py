@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ._compat import EntropyBottleneck, GaussianConditional
-from .entropy import SCALE_TABLE
+from .entropy import Hyperprior
 from .errors import InputError, ModelMismatchError
 from .models import ModelConfig, VideoModel
 
@@ -125,8 +125,8 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, device: str | torch.
     model = VideoModel(config)
     _resize_entropy_tables(model, state)
     for module in model.modules():
-        if isinstance(module, GaussianConditional):
-            module.update_scale_table(SCALE_TABLE, force=True)
+        if isinstance(module, Hyperprior):
+            module.load_tables()
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as e:
@@ -142,7 +142,7 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, device: str | torch.
 
 
 def _derived_keys(model: VideoModel) -> set[str]:
-    """Gaussian CDF tables: a fixed function of :data:`SCALE_TABLE`, rebuilt on load, not shipped."""
+    """Gaussian CDF tables: the same for every model, installed from :mod:`neurocodec.tables` on load."""
     return {
         f"{prefix}.{buf}"
         for prefix, module in model.named_modules() if isinstance(module, GaussianConditional)
