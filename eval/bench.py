@@ -13,23 +13,22 @@ frames (an I-frame, then P-frames; an I-frame every ``--gop``) into an
 in-memory .ncv stream, and a fresh decoder decodes it. fps = frames / total
 wall time of that phase; latency = wall time of each frame's call.
 
-Stages (summed per frame, without changing neurocodec's code: the entropy
-models' methods and two conversion functions are wrapped at run time):
+Stages (summed per frame, from :mod:`neurocodec.profiling`'s marks in the codec):
 
-* ``entropy``: time inside CompressAI's ``EntropyBottleneck`` /
-  ``GaussianConditional`` ``compress``/``decompress`` (symbol and index
-  preparation plus the rANS coder itself);
-* ``io``: frame conversion (``neurocodec.codec.frame_to_tensor`` /
-  ``tensor_to_frame``: uint8 HWC <-> float tensor, device copies) plus
+* ``entropy``: rANS coding of the latents, with the symbol and index lists
+  it needs;
+* ``exact``: the integer entropy-parameter path (hyper-synthesis and scale
+  head in fixed point, table choice), the price of cross-device determinism;
+* ``io``: frame conversion (uint8 HWC <-> float tensor, device copies) plus
   bitstream serialisation (``StreamWriter.write``) or parsing
   (``StreamReader``);
 * ``network``: everything else in the encode/decode call: the analysis and
-  synthesis transforms, hyperprior networks, motion and warping.
+  synthesis transforms, the float mean path, motion and warping.
 
-On CUDA the wrappers synchronise before and after each wrapped call so
-that queued kernels are charged to the stage that launched them; this adds
-a few synchronisations per frame (the real pipeline syncs anyway when the
-rANS coder pulls symbols to the CPU). Peak memory as in
+On CUDA the marks synchronise before and after each stage so that queued
+kernels are charged to the stage that launched them; this adds a few
+synchronisations per frame (the real pipeline syncs anyway when the rANS
+coder pulls symbols to the CPU). Peak memory as in
 :mod:`eval.measure`: peak RSS per phase on CPU, plus
 ``torch.cuda.max_memory_allocated`` on CUDA.
 """
@@ -42,75 +41,32 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-import neurocodec.codec as codec_module
 from eval.measure import PeakMemory, environment, sync
 from neurocodec import Decoder, Encoder, StreamReader, StreamWriter, load_model
-from neurocodec._compat import EntropyBottleneck, GaussianConditional
+from neurocodec.codec import PRECISIONS
 from neurocodec.errors import NeurocodecError
 from neurocodec.metrics import bits_per_pixel
 from neurocodec.models import VideoModel
+from neurocodec.profiling import Profile, profile
 from neurocodec.synthetic import demo_clip
 
-__all__ = ["StageTimer", "bench_size", "instrument", "main"]
+__all__ = ["bench_size", "main"]
 
-_CONVERSIONS = ("frame_to_tensor", "tensor_to_frame")
-
-
-class StageTimer:
-    """Accumulates wall time per stage; :meth:`wrap` makes a timed version of a callable."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.totals: dict[str, float] = {"entropy": 0.0, "convert": 0.0}
-
-    def reset(self) -> None:
-        self.totals = dict.fromkeys(self.totals, 0.0)
-
-    def wrap(self, fn: Callable[..., Any], stage: str) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            sync(self.device)
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                sync(self.device)
-                self.totals[stage] += time.perf_counter() - t0
-        return timed
+_STAGES = ("network", "entropy", "exact", "io")
 
 
-@contextmanager
-def instrument(model: VideoModel, timer: StageTimer) -> Iterator[None]:
-    """Time ``model``'s entropy coders and neurocodec's frame conversions; undone on exit."""
-    coders = [m for m in model.modules() if isinstance(m, (EntropyBottleneck, GaussianConditional))]
-    originals = {name: getattr(codec_module, name) for name in _CONVERSIONS}
-    try:
-        for m in coders:
-            for name in ("compress", "decompress"):
-                setattr(m, name, timer.wrap(getattr(m, name), "entropy"))  # shadows the bound method
-        for name, fn in originals.items():
-            setattr(codec_module, name, timer.wrap(fn, "convert"))
-        yield
-    finally:
-        for m in coders:
-            for name in ("compress", "decompress"):
-                m.__dict__.pop(name, None)
-        for name, fn in originals.items():
-            setattr(codec_module, name, fn)
-
-
-def _encode(frames: np.ndarray, model: VideoModel, timer: StageTimer, quality: float, gop: int,
-            device: torch.device) -> tuple[bytes, list[dict[str, Any]]]:
-    """Encode into an in-memory .ncv; per-frame ``{type, total, entropy, io, network}`` in ms."""
+def _encode(frames: np.ndarray, model: VideoModel, timer: Profile, quality: float, gop: int,
+            device: torch.device, precision: str) -> tuple[bytes, list[dict[str, Any]]]:
+    """Encode into an in-memory .ncv; per-frame ``{type, total, entropy, exact, io, network}`` in ms."""
     h, w = frames.shape[1:3]
-    enc = Encoder(w, h, model=model, quality=quality, gop=gop, frame_count=len(frames), device=device)
+    enc = Encoder(w, h, model=model, quality=quality, gop=gop, frame_count=len(frames), device=device,
+                  precision=precision)
     buf, rows = io.BytesIO(), []
     with StreamWriter(buf, enc.header) as writer:
         for frame in frames:
@@ -127,10 +83,11 @@ def _encode(frames: np.ndarray, model: VideoModel, timer: StageTimer, quality: f
     return buf.getvalue(), rows
 
 
-def _decode(data: bytes, model: VideoModel, timer: StageTimer, device: torch.device) -> list[dict[str, Any]]:
+def _decode(data: bytes, model: VideoModel, timer: Profile, device: torch.device,
+            precision: str) -> list[dict[str, Any]]:
     rows = []
     reader = StreamReader(io.BytesIO(data))
-    dec = Decoder(reader.header, model=model, device=device)
+    dec = Decoder(reader.header, model=model, device=device, precision=precision)
     while True:
         timer.reset()
         t0 = time.perf_counter()
@@ -144,12 +101,12 @@ def _decode(data: bytes, model: VideoModel, timer: StageTimer, device: torch.dev
         rows.append(_row(packet.frame_type.name, t1, t2, t2, timer, serial=t1 - t0))
 
 
-def _row(ftype: str, t0: float, t1: float, t2: float, timer: StageTimer, serial: float) -> dict[str, Any]:
+def _row(ftype: str, t0: float, t1: float, t2: float, timer: Profile, serial: float) -> dict[str, Any]:
     """One frame's times in ms: the codec call spans t0..t1, ``serial`` is (de)serialisation."""
-    call, ent, conv = t1 - t0, timer.totals["entropy"], timer.totals["convert"]
+    call, (ent, exact, conv) = t1 - t0, (timer.totals[k] for k in ("entropy", "exact", "convert"))
     ms = 1000.0
-    return {"type": ftype, "total_ms": (call + serial) * ms, "entropy_ms": ent * ms,
-            "io_ms": (conv + serial) * ms, "network_ms": max(call - ent - conv, 0.0) * ms}
+    return {"type": ftype, "total_ms": (call + serial) * ms, "entropy_ms": ent * ms, "exact_ms": exact * ms,
+            "io_ms": (conv + serial) * ms, "network_ms": max(call - ent - exact - conv, 0.0) * ms}
 
 
 def _summarise(rows: list[dict[str, Any]], warm: list[dict[str, Any]], wall_s: float,
@@ -157,7 +114,7 @@ def _summarise(rows: list[dict[str, Any]], warm: list[dict[str, Any]], wall_s: f
     lat = [r["total_ms"] for r in rows]
     by_type = {t: statistics.fmean(r["total_ms"] for r in rows if r["type"] == t)
                for t in ("I", "P") if any(r["type"] == t for r in rows)}
-    stages = {k: statistics.fmean(r[f"{k}_ms"] for r in rows) for k in ("network", "entropy", "io")}
+    stages = {k: statistics.fmean(r[f"{k}_ms"] for r in rows) for k in _STAGES}
     lat_sorted = sorted(lat)
     return {
         "fps": len(rows) / wall_s, "wall_s": wall_s,
@@ -172,23 +129,22 @@ def _summarise(rows: list[dict[str, Any]], warm: list[dict[str, Any]], wall_s: f
 
 
 def bench_size(model: VideoModel, width: int, height: int, *, frames: int, warmup: int, quality: float,
-               gop: int, device: torch.device) -> dict[str, Any]:
+               gop: int, device: torch.device, precision: str = "fp32") -> dict[str, Any]:
     """Warm up, then time encoding and decoding ``frames`` frames of the demo clip at one size."""
     clip = demo_clip(width, height, warmup + frames)
-    timer = StageTimer(device)
-    with instrument(model, timer):
+    with profile(device) as timer:
         warm_enc: list[dict[str, Any]] = []
         warm_dec: list[dict[str, Any]] = []
         if warmup:
-            warm_data, warm_enc = _encode(clip[:warmup], model, timer, quality, gop, device)
-            warm_dec = _decode(warm_data, model, timer, device)
+            warm_data, warm_enc = _encode(clip[:warmup], model, timer, quality, gop, device, precision)
+            warm_dec = _decode(warm_data, model, timer, device, precision)
         with PeakMemory(device) as mem_enc:
             t0 = time.perf_counter()
-            data, enc_rows = _encode(clip[warmup:], model, timer, quality, gop, device)
+            data, enc_rows = _encode(clip[warmup:], model, timer, quality, gop, device, precision)
             enc_s = time.perf_counter() - t0
         with PeakMemory(device) as mem_dec:
             t0 = time.perf_counter()
-            dec_rows = _decode(data, model, timer, device)
+            dec_rows = _decode(data, model, timer, device, precision)
             dec_s = time.perf_counter() - t0
     return {"size": [width, height], "frames": frames, "warmup": warmup, "bytes": len(data),
             "bpp": bits_per_pixel(len(data), width, height, frames),
@@ -200,8 +156,8 @@ def _table(results: list[dict[str, Any]], cuda: bool) -> Any:
     from rich.table import Table
 
     table = Table(title="neurocodec speed (steady state, after warm-up)")
-    for col in ("size", "enc fps", "enc ms I / P", "enc net/ent/io %", "dec fps", "dec ms I / P",
-                "dec net/ent/io %", "peak RSS MiB enc/dec" + (" | CUDA" if cuda else "")):
+    for col in ("size", "enc fps", "enc ms I / P", "enc net/ent/exact/io %", "dec fps", "dec ms I / P",
+                "dec net/ent/exact/io %", "peak RSS MiB enc/dec" + (" | CUDA" if cuda else "")):
         table.add_column(col, justify="right")
     for r in results:
         cells = [f"{r['size'][0]}x{r['size'][1]}"]
@@ -210,7 +166,7 @@ def _table(results: list[dict[str, Any]], cuda: bool) -> Any:
             lat = s["latency_ms"]
             i_ms, p_ms = lat.get("I_mean", float("nan")), lat.get("P_mean", float("nan"))
             cells += [f"{s['fps']:.2f}", f"{i_ms:.0f} / {p_ms:.0f}",
-                      "/".join(f"{100 * s['stage_share'][k]:.0f}" for k in ("network", "entropy", "io"))]
+                      "/".join(f"{100 * s['stage_share'][k]:.0f}" for k in _STAGES)]
         mem = f"{r['encode']['memory']['peak_rss_mib']:.0f} / {r['decode']['memory']['peak_rss_mib']:.0f}"
         if cuda:
             mem += f" | {r['encode']['memory']['cuda_peak_allocated_mib']:.0f} / " \
@@ -239,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--model", default="nc-starter", help="registered model name or a .safetensors file")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                    help="arithmetic of the transforms (bf16: fast on recent CPUs; fp16: GPUs)")
     ap.add_argument("--quality", type=float, default=0.5)
     ap.add_argument("--gop", type=int, default=32, help="intra period; -1: only the first frame is intra")
     ap.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON results file")
@@ -259,19 +217,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"benchmarking {w}x{h}: {args.warmup} warm-up + {args.frames} frames on {device}...",
                   file=sys.stderr, flush=True)
             results.append(bench_size(model, w, h, frames=args.frames, warmup=args.warmup, quality=args.quality,
-                                      gop=args.gop, device=device))
+                                      gop=args.gop, device=device, precision=args.precision))
     except NeurocodecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     report = {"environment": environment(device), "model": getattr(model, "name", args.model),
               "weight_hash": getattr(model, "weight_hash", None), "quality": args.quality, "gop": args.gop,
+              "precision": args.precision,
               "content": "neurocodec.synthetic.demo_clip", "results": results}
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     from rich.console import Console
 
     console = Console(width=None if sys.stdout.isatty() else 150)  # no squeezed table in logs
     console.print(_table(results, device.type == "cuda"))
-    console.print(f"net/ent/io = network / entropy coding / conversion+serialisation share of frame time; "
+    console.print(f"net/ent/exact/io = network / entropy coding / exact entropy parameters / "
+                  f"conversion+serialisation share of frame time ({args.precision}); "
                   f"torch threads {torch.get_num_threads()}; details in {args.out}")
     return 0
 

@@ -36,6 +36,9 @@ out = Console()
 err = Console(stderr=True)
 
 Device = Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:1, ...")]
+Precision = Annotated[str, typer.Option(
+    help="Arithmetic of the transforms: fp32, bf16 (faster on CPUs with bfloat16 support) or fp16 (GPUs). "
+         "Any precision decodes any stream.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", "-y", help="Replace OUTPUT if it exists.")]
 
 
@@ -65,6 +68,7 @@ def encode(
     frames: Annotated[int | None, typer.Option("--frames", "-n", min=1, help="Encode only the first N frames.")] = None,
     model: Annotated[str, typer.Option(help="Registered model name or a .safetensors file.")] = zoo.DEFAULT_MODEL,
     device: Device = "cpu",
+    precision: Precision = "fp32",
     overwrite: Overwrite = False,
 ) -> None:
     """Encode a video file to a .ncv stream."""
@@ -83,7 +87,7 @@ def encode(
     t0 = time.perf_counter()
     with _progress("encoding", total) as advance:
         codec.encode(input, output, model=model, quality=quality, gop=gop, max_frames=frames,
-                     device=device, progress=advance_and_count)
+                     device=device, precision=precision, progress=advance_and_count)
     seconds, nbytes = time.perf_counter() - t0, output.stat().st_size
     bpp = metrics.bits_per_pixel(nbytes, info.width, info.height, count)
     out.print(f"encoded {count} frames {info.width}x{info.height} to {output}: {nbytes:,} bytes, "
@@ -98,13 +102,14 @@ def decode(
     model: Annotated[str | None, typer.Option(
         help="Weights to decode with (name or .safetensors); default: the model the stream names.")] = None,
     device: Device = "cpu",
+    precision: Precision = "fp32",
     overwrite: Overwrite = False,
 ) -> None:
     """Decode a .ncv stream to a video file or a folder of PNG frames."""
     io.output_kind(output)
     _check_output(output, overwrite)
     t0 = time.perf_counter()
-    with open_stream(input, model=model, device=device) as reader:
+    with open_stream(input, model=model, device=device, precision=precision) as reader:
         h = reader.header
         with _progress("decoding", h.frame_count) as advance, \
                 io.VideoWriter(output, h.width, h.height, h.fps) as writer:
@@ -160,6 +165,7 @@ def demo(
     model: Annotated[str, typer.Option(help="Registered model name or a .safetensors file.")] = zoo.DEFAULT_MODEL,
     save: Annotated[Path | None, typer.Option(help="Also write the decoded video here (e.g. out.mp4).")] = None,
     device: Device = "cpu",
+    precision: Precision = "fp32",
 ) -> None:
     """Transcode a short clip through neurocodec; print bitrate, PSNR and speed."""
     if input is None:
@@ -176,10 +182,10 @@ def demo(
     t0 = time.perf_counter()
     with _progress("encoding", n) as advance:
         data = codec.encode(clip, model=enc_model, quality=quality, gop=gop, fps=fps,
-                            device=device, progress=advance)
+                            device=device, precision=precision, progress=advance)
     t_enc = time.perf_counter() - t0
     t0 = time.perf_counter()
-    decoded = codec.decode(data, model=enc_model, device=device)
+    decoded = codec.decode(data, model=enc_model, device=device, precision=precision)
     t_dec = time.perf_counter() - t0
     if save is not None:
         io.write_video(save, decoded, fps)
@@ -190,7 +196,7 @@ def demo(
               f"at {float(fps):.3g} fps, "
               f"{bpp:.4f} bits per pixel")
     out.print(f"  PSNR     {psnr:.2f} dB RGB, {psnr_yuv:.2f} dB YUV420 (BT.709, 6:1:1)")
-    out.print(f"  speed    encode {n / t_enc:.2f} fps, decode {n / t_dec:.2f} fps ({device})")
+    out.print(f"  speed    encode {n / t_enc:.2f} fps, decode {n / t_dec:.2f} fps ({device}, {precision})")
     if save is not None:
         out.print(f"  decoded video written to {save}")
 

@@ -42,9 +42,10 @@ from .container import (
 from .errors import BitstreamError, InputError, ModelMismatchError, VideoIOError
 from .io import probe, read_frames
 from .models import VideoModel, pad_to_stride, padded_size, to_reference
+from .profiling import stage
 from .zoo import DEFAULT_MODEL, load_model, model_identity, torch_device
 
-__all__ = ["Encoder", "Decoder", "Frame", "encode", "decode", "atomic_output"]
+__all__ = ["Encoder", "Decoder", "Frame", "PRECISIONS", "encode", "decode", "atomic_output"]
 
 Frame = np.ndarray | torch.Tensor
 
@@ -52,6 +53,19 @@ Frame = np.ndarray | torch.Tensor
 #: untrusted input, and a forged 16384x16384 header must not make the decoder
 #: try to allocate tens of gigabytes.
 MAX_PIXELS = 8192 * 4352
+
+
+#: Arithmetic for the transforms (the entropy parameters are exact or float32
+#: whatever is chosen, so every precision decodes every stream):
+#: ``bf16`` is the fast choice on CPUs with bfloat16 units, ``fp16`` on GPUs.
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def _resolve_model(model: str | VideoModel, device: torch.device) -> VideoModel:
@@ -85,10 +99,14 @@ def frame_to_tensor(frame: Frame, width: int, height: int, device: torch.device)
     return x.unsqueeze(0)
 
 
+def _crop_to_uint8(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """[1, 3, Hp, Wp] reference in [0, 1] on the 8-bit grid -> uint8 [H, W, 3], same device."""
+    return x[0, :, :height, :width].mul(255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous()
+
+
 def tensor_to_frame(x: torch.Tensor, width: int, height: int) -> np.ndarray:
-    """[1, 3, Hp, Wp] reference in [0, 1] on the 8-bit grid -> uint8 [H, W, 3]."""
-    x = x[0, :, :height, :width].mul(255.0).round().to(torch.uint8)
-    return x.permute(1, 2, 0).contiguous().cpu().numpy()
+    """[1, 3, Hp, Wp] reference in [0, 1] on the 8-bit grid -> uint8 [H, W, 3] numpy."""
+    return _crop_to_uint8(x, width, height).cpu().numpy()
 
 
 class Encoder:
@@ -110,8 +128,11 @@ class Encoder:
         fps: Fraction | int | float = Fraction(30),
         frame_count: int | None = None,
         device: str | torch.device = "cpu",
+        precision: str = "fp32",
     ):
         self.device = torch_device(device)
+        _autocast(self.device, precision)  # validates
+        self.precision = precision
         self.model = _resolve_model(model, self.device)
         name, digest = model_identity(self.model)
         self._quality_code = quality_to_code(quality)
@@ -124,29 +145,32 @@ class Encoder:
         )
         self._ref: torch.Tensor | None = None
         self._pts = 0
-        #: The last frame as the decoder will reconstruct it (uint8 [H, W, 3]).
-        self.reconstruction: np.ndarray | None = None
 
     @property
     def frames_encoded(self) -> int:
         return self._pts
+
+    @property
+    def reconstruction(self) -> np.ndarray | None:
+        """The last frame as the decoder will reconstruct it (uint8 [H, W, 3]), copied on request."""
+        return None if self._ref is None else tensor_to_frame(self._ref, self.header.width, self.header.height)
 
     def encode(self, frame: Frame | None, *, quality: float | None = None) -> list[Packet]:
         """Code one frame; ``quality`` overrides the stream's for this frame (rate control)."""
         if frame is None:
             return []
         h = self.header
-        x = pad_to_stride(frame_to_tensor(frame, h.width, h.height, self.device))
+        with stage("convert"):
+            x = pad_to_stride(frame_to_tensor(frame, h.width, h.height, self.device))
         code = self._quality_code if quality is None else quality_to_code(quality)
         q = torch.tensor([code_to_quality(code)], device=self.device)
         intra = self._ref is None or (h.gop > 0 and self._pts % h.gop == 0)
-        with torch.inference_mode():
+        with torch.inference_mode(), _autocast(self.device, self.precision):
             if intra:
                 streams, x_hat = self.model.intra.compress(x, q)
             else:
                 streams, x_hat = self.model.inter.compress(x, self._ref, q)
-        self._ref = to_reference(x_hat)
-        self.reconstruction = tensor_to_frame(self._ref, h.width, h.height)
+        self._ref = to_reference(x_hat.float())
         packet = Packet(FrameType.I if intra else FrameType.P, self._pts, code, tuple(streams))
         self._pts += 1
         return [packet]
@@ -162,6 +186,7 @@ class Decoder:
         model: str | VideoModel | None = None,
         device: str | torch.device = "cpu",
         max_pixels: int = MAX_PIXELS,
+        precision: str = "fp32",
     ):
         if header.width * header.height > max_pixels:
             raise BitstreamError(
@@ -170,6 +195,8 @@ class Decoder:
             )
         self.header = header
         self.device = torch_device(device)
+        _autocast(self.device, precision)  # validates
+        self.precision = precision
         self.model = _resolve_model(header.model if model is None else model, self.device)
         name, digest = model_identity(self.model)
         if digest != header.weight_hash:
@@ -185,9 +212,16 @@ class Decoder:
         self._ref = None
 
     def decode(self, packet: Packet) -> np.ndarray:
+        """The packet's frame as uint8 [H, W, 3] on the host."""
+        frame = self.decode_tensor(packet)
+        with stage("convert"):
+            return frame.cpu().numpy()
+
+    def decode_tensor(self, packet: Packet) -> torch.Tensor:
+        """The packet's frame as a uint8 tensor [H, W, 3] left on the decoder's device (for GPU pipelines)."""
         q = torch.tensor([packet.quality], device=self.device)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), _autocast(self.device, self.precision):
                 if packet.frame_type == FrameType.I:
                     x_hat = self.model.intra.decompress(list(packet.streams), self._padded_hw, q)
                 elif self._ref is None:
@@ -196,8 +230,9 @@ class Decoder:
                     x_hat = self.model.inter.decompress(list(packet.streams), self._ref, q)
         except (ValueError, RuntimeError, IndexError) as e:
             raise BitstreamError(f"frame {packet.pts}: entropy-coded payload is corrupt ({e})") from e
-        self._ref = to_reference(x_hat)
-        return tensor_to_frame(self._ref, self.header.width, self.header.height)
+        self._ref = to_reference(x_hat.float())
+        with stage("convert"):
+            return _crop_to_uint8(self._ref, self.header.width, self.header.height)
 
 
 def _frames_of(source) -> tuple[Iterable[Frame], int, int, Fraction | None, int | None]:
@@ -240,6 +275,7 @@ def encode(
     fps: Fraction | int | float | None = None,
     max_frames: int | None = None,
     device: str | torch.device = "cpu",
+    precision: str = "fp32",
     progress: Callable[[int], None] | None = None,
 ) -> bytes | None:
     """Encode a whole video: a file path, uint8 [T, H, W, 3] or float [T, 3, H, W].
@@ -252,7 +288,7 @@ def encode(
         frames = itertools.islice(frames, max_frames)
         count = None if count is None else min(count, max_frames)
     encoder = Encoder(width, height, model=model, quality=quality, gop=gop,
-                      fps=fps or src_fps or Fraction(30), frame_count=count, device=device)
+                      fps=fps or src_fps or Fraction(30), frame_count=count, device=device, precision=precision)
     if output is None:
         buffer = io.BytesIO()
         _encode_into(encoder, frames, buffer, progress)
@@ -282,18 +318,19 @@ def decode(
     *,
     model: str | VideoModel | None = None,
     device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Decode a whole stream (bytes, path or binary file) to uint8 frames [T, H, W, 3]."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return decode(io.BytesIO(bytes(source)), model=model, device=device)
+        return decode(io.BytesIO(bytes(source)), model=model, device=device, precision=precision)
     if isinstance(source, (str, os.PathLike)):
         try:
             with open(source, "rb") as f:
-                return decode(f, model=model, device=device)
+                return decode(f, model=model, device=device, precision=precision)
         except OSError as e:
             raise VideoIOError(f"cannot read {source}: {e.strerror or e}") from e
     reader = StreamReader(source)
-    decoder = Decoder(reader.header, model=model, device=device)
+    decoder = Decoder(reader.header, model=model, device=device, precision=precision)
     frames = [decoder.decode(p) for p in reader]
     h = reader.header
     return np.stack(frames) if frames else np.empty((0, h.height, h.width, 3), np.uint8)

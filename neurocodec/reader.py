@@ -36,7 +36,8 @@ class Reader:
     """
 
     def __init__(self, source: str | os.PathLike | BinaryIO, *,
-                 model: str | VideoModel | None = None, device: str | torch.device = "cpu"):
+                 model: str | VideoModel | None = None, device: str | torch.device = "cpu",
+                 precision: str = "fp32"):
         if isinstance(source, (str, os.PathLike)):
             try:
                 self._file: BinaryIO | None = _open(source, "rb")
@@ -51,7 +52,7 @@ class Reader:
             self.close()
             raise
         self.header: StreamHeader = self._stream.header
-        self._model, self._device = model, device
+        self._model, self._device, self._precision = model, device, precision
         self._decoder: Decoder | None = None
         self._index: list[tuple[int, int]] | None = None
         self._next = 0  # frame number of the next packet
@@ -60,7 +61,8 @@ class Reader:
     def decoder(self) -> Decoder:
         """The decoder, created (and the model loaded) on first use."""
         if self._decoder is None:
-            self._decoder = Decoder(self.header, model=self._model, device=self._device)
+            self._decoder = Decoder(self.header, model=self._model, device=self._device,
+                                    precision=self._precision)
         return self._decoder
 
     def packets(self) -> Iterator[Packet]:
@@ -146,6 +148,6 @@ class Reader:
 
 
 def open(source: str | os.PathLike | BinaryIO, *, model: str | VideoModel | None = None,
-         device: str | torch.device = "cpu") -> Reader:
+         device: str | torch.device = "cpu", precision: str = "fp32") -> Reader:
     """Open a .ncv stream for reading (header at once; the model loads on first decode)."""
-    return Reader(source, model=model, device=device)
+    return Reader(source, model=model, device=device, precision=precision)

@@ -1,0 +1,110 @@
+"""Streams parse identically under any arithmetic: other precisions, float64, and (when present) a GPU.
+
+The golden stream (test_codec) pins the CPU float32 result bit for bit. Here
+the decoder's float arithmetic changes while the stream stays the same: the
+exact entropy-parameter path must choose the same tables, so the stream
+parses and the frames stay within float-rounding distance of the encoder's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import neurocodec
+from eval import drift
+from neurocodec.entropy import Hyperprior
+from neurocodec.metrics import psnr
+
+from .conftest import DATA
+
+GOLDEN = DATA / "golden.ncv"
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _golden_frames(tiny_model) -> np.ndarray:
+    frames = neurocodec.decode(GOLDEN, model=tiny_model)
+    assert frames.shape[0] == json.loads((DATA / "golden.json").read_text())["clip"]["frames"]
+    return frames
+
+
+def _close(a: np.ndarray, b: np.ndarray, db: float = 35.0) -> None:
+    """Same frames up to float rounding: a wrongly parsed stream gives noise, far below this."""
+    assert a.shape == b.shape
+    for fa, fb in zip(a, b, strict=True):
+        assert psnr(fa, fb) > db
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_golden_stream_decodes_under_reduced_precision(tiny_model, precision):
+    _close(neurocodec.decode(GOLDEN, model=tiny_model, precision=precision), _golden_frames(tiny_model))
+
+
+def test_golden_stream_decodes_with_other_convolution_kernels(tiny_model):
+    """Without oneDNN, convolutions sum in another order, as on another machine: still the same parse."""
+    with torch.backends.mkldnn.flags(enabled=False):
+        frames = neurocodec.decode(GOLDEN, model=tiny_model)
+    _close(frames, _golden_frames(tiny_model))
+
+
+def test_reduced_precision_stream_decodes_in_float32(tiny_model, clip):
+    data = neurocodec.encode(clip, model=tiny_model, quality=0.7, gop=-1, precision="bf16")
+    _close(neurocodec.decode(data, model=tiny_model), neurocodec.decode(data, model=tiny_model, precision="bf16"))
+
+
+def test_table_indexes_identical_in_float64(tiny_model):
+    """The hyper-latent path gives the same integers whatever the float width of its input tensor."""
+    prior = next(m for m in tiny_model.modules() if isinstance(m, Hyperprior))
+    z_hat = torch.round(torch.randn(1, 16, 3, 5) * 3) + prior._medians()
+    _, i32 = prior.entropy_parameters(z_hat, None)
+    _, i64 = copy.deepcopy(prior).double().entropy_parameters(z_hat.double(), None)
+    assert torch.equal(i32, i64)
+
+
+def test_unknown_precision_is_an_input_error(tiny_model):
+    with pytest.raises(neurocodec.InputError, match="precision"):
+        neurocodec.Encoder(8, 8, model=tiny_model, precision="int4")
+
+
+def test_drift_report_parses_under_every_setting(tmp_path):
+    out = tmp_path / "drift.json"
+    assert drift.main(["--frames", "4", "--size", "64x64", "--model", str(DATA / "tiny.safetensors"),
+                       "--decode", "cpu:fp32", "cpu:bf16", "cuda:fp16", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = {r["decode"]: r for r in report["rows"]}
+    assert rows["cpu:fp32"]["identical_pixels"] == 1.0 and rows["cpu:fp32"]["max_abs_diff"] == 0
+    worst = rows["cpu:bf16"]["psnr_vs_encoder_db"]["min"]
+    assert worst is None or worst > 30  # None: identical frames (infinite PSNR)
+    assert ("cuda:fp16" in rows) == torch.cuda.is_available()
+
+
+# ---------------------------------------------------------------- on a GPU (skipped without CUDA)
+
+
+@cuda
+def test_exact_path_is_bit_identical_on_cuda(tiny_model):
+    prior = next(m for m in tiny_model.modules() if isinstance(m, Hyperprior))
+    z_hat = torch.round(torch.randn(1, 16, 6, 10) * 3) + prior._medians()
+    _, cpu = prior.entropy_parameters(z_hat, None)
+    _, gpu = copy.deepcopy(prior).cuda().entropy_parameters(z_hat.cuda(), None)
+    assert torch.equal(cpu, gpu.cpu())
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_cpu_stream_decodes_on_cuda(tiny_model, precision):
+    gpu_model = copy.deepcopy(tiny_model)  # the decoder moves its model: keep the shared one on the CPU
+    _close(neurocodec.decode(GOLDEN, model=gpu_model, device="cuda", precision=precision),
+           _golden_frames(tiny_model))
+
+
+@cuda
+def test_cuda_stream_decodes_on_cpu(tiny_model, clip):
+    gpu_model = copy.deepcopy(tiny_model)
+    data = neurocodec.encode(clip, model=gpu_model, gop=-1, device="cuda", precision="fp16")
+    _close(neurocodec.decode(data, model=tiny_model),
+           neurocodec.decode(data, model=gpu_model, device="cuda", precision="fp16"))
