@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.measure import PeakMemory, environment, sync
+from eval.measure import PeakMemory, environment, parse_size, sync
 from neurocodec import Decoder, Encoder, StreamReader, StreamWriter, load_model
 from neurocodec.codec import PRECISIONS
 from neurocodec.errors import NeurocodecError
@@ -175,20 +175,11 @@ def _table(results: list[dict[str, Any]], cuda: bool) -> Any:
     return table
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-        if w < 1 or h < 1:
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    return w, h
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--sizes", type=_size, nargs="+", default=[(640, 360), (1280, 720), (1920, 1080)])
+    ap.add_argument("--sizes", type=parse_size, nargs="+", default=[(640, 360), (1280, 720), (1920, 1080)])
     ap.add_argument("--frames", type=int, default=8, help="measured frames per size")
     ap.add_argument("--warmup", type=int, default=2,
                     help="frames coded first and reported apart (>= 2 warms both the I- and the P-frame path)")

@@ -1,6 +1,6 @@
 """Cross-device determinism: decode one stream under other devices/precisions, measure the drift.
 
-``python -m eval.drift [SOURCE] [--frames 96] [--gop -1] [--size 640x360] [--encode cpu:fp32]
+``python -m eval.drift [SOURCE] [--frames 96] [--gop -1] [--max-side 640] [--encode cpu:fp32]
 [--decode cpu:fp32 cpu:bf16 cuda:fp32 cuda:fp16] [--model nc-starter] [--out drift.json]``
 
 A stream is encoded once (``--encode DEVICE:PRECISION``) and decoded under
@@ -15,8 +15,9 @@ the GOP (drift) is visible. ``--gop -1`` (one I-frame, then only P-frames) is
 the worst case: nothing resets the drift. Settings whose device is missing
 are skipped and listed.
 
-SOURCE: a video file (first ``--frames`` frames, scaled to ``--size`` if
-given); without one, the built-in :func:`neurocodec.synthetic.demo_clip`.
+SOURCE: a video file (its first ``--frames`` frames, downscaled as in
+:mod:`eval.rd` so the longer side is at most ``--max-side``); without one,
+the built-in :func:`neurocodec.synthetic.demo_clip` at ``--size``.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.measure import environment
+from eval.measure import environment, parse_size
+from eval.rd import load_clip
 from neurocodec import Decoder, Encoder, StreamReader, StreamWriter, load_model
 from neurocodec.codec import PRECISIONS
 from neurocodec.errors import NeurocodecError
-from neurocodec.io import read_frames
 from neurocodec.metrics import psnr
 from neurocodec.synthetic import demo_clip
 
@@ -125,20 +126,14 @@ def _table(report: dict[str, Any]) -> Any:
     return table
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    return w, h
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.drift", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("source", nargs="?", type=Path, help="video file (default: the built-in demo clip)")
     ap.add_argument("--frames", type=int, default=96)
-    ap.add_argument("--size", type=_size, default=(640, 360), help="frame size (a file is scaled to it)")
+    ap.add_argument("--size", type=parse_size, default=(640, 360), help="size of the built-in clip")
+    ap.add_argument("--max-side", type=int, default=640, help="downscale a SOURCE so its longer side is at most N")
     ap.add_argument("--gop", type=int, default=-1, help="intra period; -1: only the first frame is intra")
     ap.add_argument("--quality", type=float, default=0.5)
     ap.add_argument("--model", default="nc-starter")
@@ -155,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.source is None:
             frames = demo_clip(w, h, args.frames)
         else:
-            frames = np.stack(list(read_frames(args.source, max_frames=args.frames, size=(w, h))))
+            frames = load_clip(args.source, args.frames, max_side=args.max_side)[0]
         report = drift(frames, model=args.model, quality=args.quality, gop=args.gop,
                        encode=args.encode, decode=args.decode)
     except NeurocodecError as e:

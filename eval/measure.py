@@ -21,6 +21,7 @@ device only (not the CUDA context, not the caching allocator's slack).
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -32,9 +33,20 @@ from typing import Any
 
 import torch
 
-__all__ = ["PeakMemory", "environment", "sync"]
+__all__ = ["PeakMemory", "environment", "parse_size", "sync"]
 
 _MIB = 1024.0 * 1024.0
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` (argparse type) -> (width, height)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        if w < 1 or h < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    return w, h
 
 
 def sync(device: torch.device | str) -> None:

@@ -45,7 +45,7 @@ from PIL import Image
 
 from eval.baselines import BaselineConfig, decode_stream, encode_frames
 from eval.bdrate import bd_psnr, bd_rate
-from eval.measure import PeakMemory, environment, sync
+from eval.measure import PeakMemory, environment, parse_size, sync
 from neurocodec import Decoder, Encoder, StreamReader, StreamWriter, load_model
 from neurocodec.errors import InputError, NeurocodecError
 from neurocodec.io import probe, read_frames
@@ -247,13 +247,6 @@ def compare(points: list[RDPoint]) -> list[dict[str, Any]]:
     return rows
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    return w, h
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m eval.rd", description=__doc__.split("\n\n")[0],
@@ -271,7 +264,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model", default="nc-starter", help="registered model name or a .safetensors file")
     ap.add_argument("--device", default="cpu", help="torch device for neurocodec")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--size", type=_size, default=None, help="WxH of raw .yuv input")
+    ap.add_argument("--size", type=parse_size, default=None, help="WxH of raw .yuv input")
     ap.add_argument("--fps", type=float, default=None, help="frame rate of raw .yuv input (default 30)")
     ap.add_argument("--max-side", type=int, default=None, help="downscale so the longer side is at most N")
     ap.add_argument("--no-ms-ssim", action="store_true",
