@@ -37,6 +37,7 @@ def scale_space(ref: Tensor) -> Tensor:
 def warp(ref: Tensor, flow: Tensor) -> Tensor:
     """Sample ``ref`` [B, C, H, W] at ``flow`` [B, 3, H, W] (dx, dy in pixels, s in levels)."""
     b, _, h, w = ref.shape
+    flow = flow.to(ref.dtype)  # a half-precision flow must not set the grid's precision
     ys = torch.arange(h, device=ref.device, dtype=ref.dtype).view(1, h, 1)
     xs = torch.arange(w, device=ref.device, dtype=ref.dtype).view(1, 1, w)
     gx = (xs + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
