@@ -129,6 +129,7 @@ class ExactStack:
     def __call__(self, x: Tensor) -> Tensor:
         """``x``: integer-valued float64 (fixed point); returns the same."""
         limit = _ACTIVATION_LIMIT * 2**SCALE_FRACTION_BITS
+        x = x.clamp(-limit, limit)  # a crafted stream's huge symbols must not break the 2^53 bound
         with torch.autocast(x.device.type, enabled=False), torch.backends.cudnn.flags(enabled=False):
             for op in self.ops:
                 if op[0] == "relu":
