@@ -232,7 +232,7 @@ def compare(points: list[RDPoint]) -> list[dict[str, Any]]:
         names = [c for s, c in curves if s == seq]
         ours = [c for c in names if c.startswith("neurocodec ")]
         anchors = [c for c in names if not c.startswith("neurocodec ")]
-        pairs = [(t, a) for t in ours for a in anchors]
+        pairs = [(t, a) for t in ours for a in anchors] + [(t, ours[0]) for t in ours[1:]]
         pairs += [(c, "x264" + c[4:]) for c in anchors if c.startswith("x265 ") and "x264" + c[4:] in names]
         for test, anchor in pairs:
             a, t = curves[seq, anchor], curves[seq, test]
@@ -261,7 +261,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--presets", nargs="+", default=["zerolatency", "medium"],
                     help="anchor configurations: zerolatency (= medium+zerolatency), PRESET or PRESET+zerolatency")
     ap.add_argument("--baseline-threads", type=int, default=1, help="x264/x265 threads (1: reproducible streams)")
-    ap.add_argument("--model", default="nc-starter", help="registered model name or a .safetensors file")
+    ap.add_argument("--model", nargs="+", default=["nc-starter"],
+                    help="registered model names or .safetensors files; with several, each later one is also "
+                         "compared with the first (e.g. a faster variant against the default)")
     ap.add_argument("--device", default="cpu", help="torch device for neurocodec")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--size", type=parse_size, default=None, help="WxH of raw .yuv input")
@@ -300,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--device {args.device}: CUDA is not available in this torch build / on this machine")
     for v in args.videos:  # fail fast, before any long work
         probe(v, size=args.size, fps=args.fps)
-    model = load_model(args.model, device=args.device)
+    models = [load_model(m, device=args.device) for m in args.model]
     configs = [BaselineConfig.from_label(codec, label, crf=crf, intra_period=args.intra_period,
                                          threads=args.baseline_threads)
                for codec, crfs in (("x264", args.x264_crf), ("x265", args.x265_crf))
@@ -315,24 +317,29 @@ def run(args: argparse.Namespace) -> int:
         if meta["provenance"] == "TRAINING CLIP":
             log(f"  warning: {name} is a training clip, not held out: its results flatter neurocodec")
         # one-time initialisation (allocator, kernels picked per size) must not count as coding speed
-        evaluate_neurocodec(frames[:2], model, args.qualities[0], intra_period=args.intra_period, fps=fps,
-                            device=args.device, sequence=name, with_ms_ssim=False)
-        jobs: list[float | BaselineConfig] = [*args.qualities, *configs]
+        for model in models:
+            evaluate_neurocodec(frames[:2], model, args.qualities[0], intra_period=args.intra_period, fps=fps,
+                                device=args.device, sequence=name, with_ms_ssim=False)
+        jobs: list[tuple[VideoModel, float] | BaselineConfig] = [(m, q) for m in models for q in args.qualities]
+        jobs += configs
         for j, job in enumerate(jobs, 1):
             if isinstance(job, BaselineConfig):
                 label = f"{job.label} {job.rate_control}"
                 p = evaluate_baseline(frames, job, fps=fps, sequence=name, with_ms_ssim=not args.no_ms_ssim)
             else:
-                label = f"neurocodec quality={job:g}"
-                p = evaluate_neurocodec(frames, model, job, intra_period=args.intra_period, fps=fps,
+                model, quality = job
+                label = f"neurocodec {getattr(model, 'name', '')} quality={quality:g}"
+                p = evaluate_neurocodec(frames, model, quality, intra_period=args.intra_period, fps=fps,
                                         device=args.device, sequence=name, with_ms_ssim=not args.no_ms_ssim)
             points.append(p)
             log(f"  [{j}/{len(jobs)}] {label}: {p.bpp:.4f} bpp, {p.psnr_yuv:.2f} dB YUV, "
                 f"enc {p.encode_fps:.1f} fps, dec {p.decode_fps:.1f} fps")
     conditions = {"frames": args.frames, "intra_period": args.intra_period, "qualities": args.qualities,
                   "x264_crf": args.x264_crf, "x265_crf": args.x265_crf, "presets": args.presets,
-                  "baseline_threads": args.baseline_threads, "model": getattr(model, "name", args.model),
-                  "weight_hash": getattr(model, "weight_hash", None), "max_side": args.max_side,
+                  "baseline_threads": args.baseline_threads,
+                  "models": [{"model": getattr(m, "name", path), "weight_hash": getattr(m, "weight_hash", None)}
+                             for m, path in zip(models, args.model, strict=True)],
+                  "max_side": args.max_side,
                   "ms_ssim": not args.no_ms_ssim, "rate": "bpp of the complete stream (coded size)",
                   "sequence_quality": "mean over frames of per-frame metrics"}
     report.write_all(args.out, points, compare(points), sequences, conditions, environment(args.device))

@@ -81,10 +81,11 @@ def average_curves(points: list[RDPoint], metric: str = "psnr_yuv") -> Curves:
 
 def plot_curves(ax: Axes, data: Curves, *, ylabel: str = "PSNR-YUV (6:1:1) [dB]", title: str | None = None) -> None:
     """One line per codec configuration: neurocodec red, x264 blue, x265 green; line style per preset."""
-    configs: dict[str, int] = {}
+    configs: dict[bool, dict[str, int]] = {True: {}, False: {}}  # line styles counted per family
     for name, (x, y) in data.items():
         codec, _, config = name.partition(" ")
-        style = _STYLES[configs.setdefault(config, len(configs)) % len(_STYLES)] if codec != "neurocodec" else "-"
+        family = configs[codec == "neurocodec"]
+        style = _STYLES[family.setdefault(config, len(family)) % len(_STYLES)]
         ax.plot(x, y, style, marker="o", ms=4, color=_COLOURS.get(codec), label=name)
     ax.set_xlabel("rate [bits per pixel]")
     ax.set_ylabel(ylabel)
@@ -166,8 +167,9 @@ def _summary(points: list[RDPoint], rows: list[dict[str, Any]], avg: list[dict[s
            + ("only the first frame is intra" if c["intra_period"] == -1 else
               f"an intra (IDR) frame every {c['intra_period']} frames")
            + "; IPPP low-delay for every codec (no B-frames, no future references)",
-           f"- neurocodec model `{c['model']}` (weights {c['weight_hash']}), qualities {c['qualities']}, "
-           f"device {env['device']}",
+           "- neurocodec " + ", ".join(f"model `{m['model']}` (weights {m['weight_hash']})" for m in c["models"])
+           + f", qualities {c['qualities']}, device {env['device']}"
+           + (f"; later models are also compared with `{c['models'][0]['model']}`" if len(c["models"]) > 1 else ""),
            f"- anchors through PyAV ({env['versions']['ffmpeg'].get('libavcodec', '?')} libavcodec), fed the same "
            "BT.709 limited-range 4:2:0 planes the metrics use; exact options per curve (`<crf>` varies):"]
     seen: dict[str, dict[str, str]] = {}
