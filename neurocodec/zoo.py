@@ -2,8 +2,8 @@
 
 A model name maps to a weights file inside the package; the file carries its
 :class:`~neurocodec.models.ModelConfig` as metadata, so name -> file -> model
-needs no other source of truth. The weight hash (over every tensor, the
-integer entropy tables included) is written into each stream, and a decoder
+needs no other source of truth. The weight hash (over every tensor in the
+file, the model's integer entropy tables included) is written into each stream, and a decoder
 whose weights differ refuses the stream instead of producing noise.
 """
 
@@ -45,7 +45,12 @@ def _register(name: str, weights: str, description: str) -> None:
 _register(
     "nc-starter",
     "nc-starter.safetensors",
-    "4.4M-parameter starter model trained briefly on CPU; see weights/nc-starter.md",
+    "4.5M-parameter starter model trained briefly on CPU; see weights/nc-starter.md",
+)
+_register(
+    "nc-small",
+    "nc-small.safetensors",
+    "1.6M-parameter faster variant (half the channels) trained briefly on CPU; see weights/nc-small.md",
 )
 
 
@@ -55,9 +60,17 @@ def available_models() -> dict[str, str]:
 
 
 def weight_hash(model: torch.nn.Module) -> str:
-    """Hex digest over every tensor (name, dtype, shape, bytes) in name order."""
+    """Hex digest over every shipped tensor (name, dtype, shape, bytes) in name order.
+
+    The Gaussian tables are left out: they are the same for every model, come
+    from :mod:`neurocodec.tables`, and their float ``scale_table`` copy is
+    recomputed with the platform's ``exp``, which must not change a hash.
+    """
     h = hashlib.sha256()
+    derived = _derived_keys(model)
     for name, tensor in sorted(model.state_dict().items()):
+        if name in derived:
+            continue
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.numpy().tobytes() if t.numel() else b"")
@@ -141,7 +154,7 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, device: str | torch.
     return model.to(torch_device(device)).eval()
 
 
-def _derived_keys(model: VideoModel) -> set[str]:
+def _derived_keys(model: torch.nn.Module) -> set[str]:
     """Gaussian CDF tables: the same for every model, installed from :mod:`neurocodec.tables` on load."""
     return {
         f"{prefix}.{buf}"
