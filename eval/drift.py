@@ -13,7 +13,9 @@ first and last P-frame), the share of bit-identical pixels, the largest pixel
 difference, and the PSNR against the source for both, so a growing gap along
 the GOP (drift) is visible. ``--gop -1`` (one I-frame, then only P-frames) is
 the worst case: nothing resets the drift. Settings whose device is missing
-are skipped and listed.
+are skipped and listed. The pseudo-device ``cpu-nodnn`` decodes on the CPU
+with oneDNN off: other convolution kernels, another summation order, the
+nearest stand-in for "another machine in fp32" that one CPU offers.
 
 SOURCE: a video file (its first ``--frames`` frames, downscaled as in
 :mod:`eval.rd` so the longer side is at most ``--max-side``); without one,
@@ -27,6 +29,7 @@ import io
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,11 @@ from neurocodec.synthetic import demo_clip
 __all__ = ["drift", "main"]
 
 
+#: Pseudo-device: the CPU with oneDNN switched off, so convolutions run other
+#: kernels with another summation order, as on another machine.
+OTHER_KERNELS = "cpu-nodnn"
+
+
 def _setting(text: str) -> tuple[str, str]:
     device, _, precision = text.partition(":")
     precision = precision or "fp32"
@@ -53,7 +61,7 @@ def _setting(text: str) -> tuple[str, str]:
 
 
 def _available(device: str) -> bool:
-    return torch.device(device).type != "cuda" or torch.cuda.is_available()
+    return device == OTHER_KERNELS or torch.device(device).type != "cuda" or torch.cuda.is_available()
 
 
 def _encode(frames: np.ndarray, model: str, quality: float, gop: int, device: str,
@@ -80,8 +88,11 @@ def drift(frames: np.ndarray, *, model: str, quality: float, gop: int, encode: t
             skipped.append(f"{device}:{precision}")
             continue
         reader = StreamReader(io.BytesIO(data))
-        dec = Decoder(reader.header, model=load_model(model, device=device), device=device, precision=precision)
-        out = [dec.decode(p) for p in reader]
+        torch_dev = "cpu" if device == OTHER_KERNELS else device
+        dec = Decoder(reader.header, model=load_model(model, device=torch_dev), device=torch_dev, precision=precision)
+        with warnings.catch_warnings(), torch.backends.mkldnn.flags(enabled=device != OTHER_KERNELS):
+            warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")  # torch noise
+            out = [dec.decode(p) for p in reader]
         vs_enc = [psnr(a, b) for a, b in zip(out, recon, strict=True)]
         diff = [np.abs(a.astype(np.int16) - b) for a, b in zip(out, recon, strict=True)]
         rows.append({
@@ -137,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gop", type=int, default=-1, help="intra period; -1: only the first frame is intra")
     ap.add_argument("--quality", type=float, default=0.5)
     ap.add_argument("--model", default="nc-starter")
-    ap.add_argument("--encode", type=_setting, default=("cpu", "fp32"), metavar="DEVICE:PRECISION")
+    ap.add_argument("--encode", type=_setting, default=("cpu", "fp32"), metavar="DEVICE:PRECISION",
+                    help=f"DEVICE: cpu, cuda, cuda:N (or {OTHER_KERNELS} for --decode)")
     ap.add_argument("--decode", type=_setting, nargs="+", metavar="DEVICE:PRECISION",
                     default=[("cpu", "fp32"), ("cpu", "bf16"), ("cuda", "fp32"), ("cuda", "fp16")])
     ap.add_argument("--out", type=Path, default=Path("drift.json"))

@@ -73,13 +73,13 @@ def test_unknown_precision_is_an_input_error(tiny_model):
 def test_drift_report_parses_under_every_setting(tmp_path):
     out = tmp_path / "drift.json"
     assert drift.main(["--frames", "4", "--size", "64x64", "--model", str(DATA / "tiny.safetensors"),
-                       "--decode", "cpu:fp32", "cpu:bf16", "cuda:fp16", "--out", str(out)]) == 0
+                       "--decode", "cpu:fp32", "cpu:bf16", "cpu-nodnn:fp32", "cuda:fp16", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     rows = {r["decode"]: r for r in report["rows"]}
     assert rows["cpu:fp32"]["identical_pixels"] == 1.0 and rows["cpu:fp32"]["max_abs_diff"] == 0
     worst = rows["cpu:bf16"]["psnr_vs_encoder_db"]["min"]
     assert worst is None or worst > 30  # None: identical frames (infinite PSNR)
-    assert ("cuda:fp16" in rows) == torch.cuda.is_available()
+    assert "cpu-nodnn:fp32" in rows and ("cuda:fp16" in rows) == torch.cuda.is_available()
 
 
 # ---------------------------------------------------------------- on a GPU (skipped without CUDA)
