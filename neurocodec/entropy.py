@@ -257,18 +257,11 @@ class Hyperprior(nn.Module):
 
         The quantiles that bound them are solved for from the density, rather
         than trusted from the slowly converging auxiliary loss: loose bounds
-        cost escape codes.
+        cost escape codes. The Gaussian tables need no update: coding reads
+        the shipped ones (:func:`~neurocodec.tables.coding_tables`), and the
+        exact scale path is re-derived from the weights when next used.
         """
         self.z_model.update(force=True, update_quantiles=True)
-        self.load_tables()
-
-    def load_tables(self) -> None:
-        """Install the shipped Gaussian tables; re-derive the exact scale path from the weights."""
-        t = coding_tables()
-        device = self.h_s[0].weight.device
-        self.y_model._quantized_cdf = t.cdf.to(device)
-        self.y_model._cdf_length = t.cdf_length.to(device)
-        self.y_model._offset = t.offset.to(device)
         self._exact = None
 
     def aux_loss(self) -> Tensor:

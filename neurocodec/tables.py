@@ -35,7 +35,7 @@ PATH = Path(__file__).with_name("tables.safetensors")
 
 
 class CodingTables:
-    """The shipped tables, as tensors (module buffers) and as the rANS coder's Python lists."""
+    """The shipped tables, as the rANS coder's Python lists (and the bounds as a tensor)."""
 
     def __init__(self, tensors: dict[str, torch.Tensor]):
         #: bounds[i] = floor(SCALE_TABLE[i] * 2^SCALE_FRACTION_BITS): an integer scale
@@ -43,13 +43,10 @@ class CodingTables:
         self.bounds: torch.Tensor = tensors["scale_bounds"].long()
         lengths = tensors["cdf_length"].int()
         flat = tensors["cdf"].int()
-        width = int(lengths.max())
-        #: CompressAI's layout: one zero-padded row per scale, plus lengths and offsets.
-        self.cdf = torch.zeros(len(lengths), width, dtype=torch.int32)
+        #: One CDF per scale, as the rANS coder takes them (ragged, not zero-padded).
         self.rows: list[list[int]] = []
         start = 0
-        for i, n in enumerate(lengths.tolist()):
-            self.cdf[i, :n] = flat[start : start + n]
+        for n in lengths.tolist():
             self.rows.append(flat[start : start + n].tolist())
             start += n
         self.cdf_length = lengths

@@ -19,7 +19,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ._compat import EntropyBottleneck, GaussianConditional
-from .entropy import Hyperprior
 from .errors import InputError, ModelMismatchError
 from .models import ModelConfig, VideoModel
 
@@ -137,9 +136,6 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, device: str | torch.
         raise ModelMismatchError(f"cannot read weights {path}: {e}") from e
     model = VideoModel(config)
     _resize_entropy_tables(model, state)
-    for module in model.modules():
-        if isinstance(module, Hyperprior):
-            module.load_tables()
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as e:
@@ -155,7 +151,7 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, device: str | torch.
 
 
 def _derived_keys(model: torch.nn.Module) -> set[str]:
-    """Gaussian CDF tables: the same for every model, installed from :mod:`neurocodec.tables` on load."""
+    """The Gaussian model's table buffers: never shipped, since coding reads :mod:`neurocodec.tables`."""
     return {
         f"{prefix}.{buf}"
         for prefix, module in model.named_modules() if isinstance(module, GaussianConditional)
