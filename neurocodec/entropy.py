@@ -28,6 +28,8 @@ parse, so they stay in floating point and may take the temporal context.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -38,7 +40,7 @@ from .errors import BitstreamError
 from .profiling import stage
 from .tables import SCALE_FRACTION_BITS, SCALE_TABLE, coding_tables
 
-__all__ = ["SCALE_TABLE", "ExactStack", "Hyperprior", "scale_index", "ste_round"]
+__all__ = ["SCALE_TABLE", "ExactStack", "Hyperprior", "Relaxed", "scale_index", "ste_round"]
 
 #: Fraction bits of the exact path's fixed-point weights (activations carry
 #: SCALE_FRACTION_BITS).
@@ -141,6 +143,15 @@ class ExactStack:
         return x
 
 
+class Relaxed(NamedTuple):
+    """The training path's view of a coded latent."""
+
+    y_hat: Tensor  #: what the decoder reconstructs from (straight-through rounded)
+    likelihoods: dict[str, Tensor]  #: noise-relaxed, for the rate term
+    symbols: Tensor  #: ``y_hat`` minus its means: what the stream carries
+    hyper: Tensor  #: decoded hyper features, input of the mean head
+
+
 class Hyperprior(nn.Module):
     """Mean-scale hyperprior over a latent ``y`` [B, M, h, w] (h, w multiples of 4).
 
@@ -176,11 +187,12 @@ class Hyperprior(nn.Module):
     def _medians(self) -> Tensor:
         return self.z_model._get_medians().detach().reshape(1, -1, 1, 1)
 
-    def _means(self, h: Tensor, ctx: Tensor | None) -> Tensor:
+    def means(self, h: Tensor, ctx: Tensor | None) -> Tensor:
+        """Means of ``y`` from hyper features ``h`` and the optional context."""
         return self.mean_head(h if ctx is None else torch.cat([h, ctx.to(h.dtype)], dim=1))
 
-    def forward(self, y: Tensor, ctx: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """Training path: ``(y_hat, {"y": likelihoods, "z": likelihoods})``."""
+    def forward(self, y: Tensor, ctx: Tensor | None = None) -> Relaxed:
+        """Training path (likelihoods keyed ``"y"`` and ``"z"``)."""
         self._exact = None  # the weights are (about to be) changing
         z = self.h_a(y)
         with torch.autocast(y.device.type, enabled=False):  # rates need float32 under --amp
@@ -188,12 +200,12 @@ class Hyperprior(nn.Module):
         medians = self._medians()
         z_hat = ste_round(z - medians) + medians
         h = self.h_s(z_hat)
-        means, scales = self._means(h, ctx).float(), self.scale_head(h).float()
+        means, scales = self.means(h, ctx).float(), self.scale_head(h).float()
         y = y.float()
         with torch.autocast(y.device.type, enabled=False):
             _, y_lik = self.y_model(y, scales, means)
-        y_hat = ste_round(y - means) + means
-        return y_hat, {"y": y_lik, "z": z_lik}
+        symbols = ste_round(y - means)
+        return Relaxed(symbols + means, {"y": y_lik, "z": z_lik}, symbols, h)
 
     def entropy_parameters(self, z_hat: Tensor, ctx: Tensor | None) -> tuple[Tensor, Tensor]:
         """Coding path: (means float32, table indexes int32) for a decoded ``z_hat``.
@@ -210,7 +222,7 @@ class Hyperprior(nn.Module):
             indexes = scale_index(head(h))
         dtype = self.mean_head[0].weight.dtype  # float32 unless someone converted the model
         with torch.autocast(z_hat.device.type, enabled=False):  # no half-precision means: they set y_hat
-            means = self._means((h * 2.0**-SCALE_FRACTION_BITS).to(dtype), None if ctx is None else ctx.to(dtype))
+            means = self.means((h * 2.0**-SCALE_FRACTION_BITS).to(dtype), None if ctx is None else ctx.to(dtype))
         return means, indexes
 
     @torch.no_grad()

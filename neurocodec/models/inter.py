@@ -40,13 +40,28 @@ class InterCoder(nn.Module):
         flow, motion_lik = self.motion(x, ref, q)
         pred = warp(ref, flow)
         y = self.g_a(torch.cat([x, pred], dim=1)) * self.gain.gain(q)
-        y_hat, lik = self.prior(y, self.context(pred))
+        latent = self.prior(y, self.context(pred))
         return {
-            "x_hat": self._reconstruct(y_hat, pred, q),
+            "x_hat": self._reconstruct(latent.y_hat, pred, q),
             "pred": pred,
             "flow": flow,
-            "likelihoods": {"motion_y": motion_lik["y"], "motion_z": motion_lik["z"], **lik},
+            "symbols": latent.symbols,
+            "hyper": latent.hyper,
+            "likelihoods": {"motion_y": motion_lik["y"], "motion_z": motion_lik["z"], **latent.likelihoods},
         }
+
+    def redecode(self, out: dict, ref: Tensor, q: Tensor) -> Tensor:
+        """What a decoder holding another reference ``ref`` makes of :meth:`forward`'s stream.
+
+        The flow and the latent symbols are parsed from the stream, so they
+        stay; the prediction, the temporal context and hence the means move
+        with the reference. Training compares this with ``out["x_hat"]`` to
+        teach the decoder to shrink reference errors rather than amplify them
+        (cross-device drift, see ``training.train``).
+        """
+        pred = warp(ref, out["flow"])
+        y_hat = out["symbols"] + self.prior.means(out["hyper"], self.context(pred)).float()
+        return self._reconstruct(y_hat, pred, q)
 
     def compress(self, x: Tensor, ref: Tensor, q: Tensor) -> tuple[list[bytes], Tensor]:
         """Streams ``[motion_y, motion_z, y, z]`` and the decoder's reconstruction."""

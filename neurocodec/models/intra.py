@@ -21,7 +21,7 @@ class IntraCoder(nn.Module):
     def forward(self, x: Tensor, q: Tensor) -> dict:
         """Training path: reconstruction [B, 3, H, W] and likelihoods; ``q`` is [B]."""
         y = self.g_a(x) * self.gain.gain(q)
-        y_hat, lik = self.prior(y)
+        y_hat, lik, *_ = self.prior(y)
         return {"x_hat": self.g_s(y_hat * self.gain.inverse(q)), "likelihoods": lik}
 
     def compress(self, x: Tensor, q: Tensor) -> tuple[list[bytes], Tensor]:
