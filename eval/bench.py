@@ -19,6 +19,8 @@ Stages (summed per frame, from :mod:`neurocodec.profiling`'s marks in the codec)
   it needs;
 * ``exact``: the integer entropy-parameter path (hyper-synthesis and scale
   head in fixed point, table choice), the price of cross-device determinism;
+* ``search``: the encoder's block-matching motion search (models with
+  ``motion_search``; the decoder never searches);
 * ``io``: frame conversion (uint8 HWC <-> float tensor, device copies) plus
   bitstream serialisation (``StreamWriter.write``) or parsing
   (``StreamReader``);
@@ -58,12 +60,12 @@ from neurocodec.synthetic import demo_clip
 
 __all__ = ["bench_size", "main"]
 
-_STAGES = ("network", "entropy", "exact", "io")
+_STAGES = ("network", "search", "entropy", "exact", "io")
 
 
 def _encode(frames: np.ndarray, model: VideoModel, timer: Profile, quality: float, gop: int,
             device: torch.device, precision: str) -> tuple[bytes, list[dict[str, Any]]]:
-    """Encode into an in-memory .ncv; per-frame ``{type, total, entropy, exact, io, network}`` in ms."""
+    """Encode into an in-memory .ncv; per-frame ``{type, total, <stage>}`` in ms."""
     h, w = frames.shape[1:3]
     enc = Encoder(w, h, model=model, quality=quality, gop=gop, frame_count=len(frames), device=device,
                   precision=precision)
@@ -103,10 +105,10 @@ def _decode(data: bytes, model: VideoModel, timer: Profile, device: torch.device
 
 def _row(ftype: str, t0: float, t1: float, t2: float, timer: Profile, serial: float) -> dict[str, Any]:
     """One frame's times in ms: the codec call spans t0..t1, ``serial`` is (de)serialisation."""
-    call, (ent, exact, conv) = t1 - t0, (timer.totals[k] for k in ("entropy", "exact", "convert"))
-    ms = 1000.0
-    return {"type": ftype, "total_ms": (call + serial) * ms, "entropy_ms": ent * ms, "exact_ms": exact * ms,
-            "io_ms": (conv + serial) * ms, "network_ms": max(call - ent - exact - conv, 0.0) * ms}
+    call, t, ms = t1 - t0, timer.totals, 1000.0
+    return {"type": ftype, "total_ms": (call + serial) * ms, "search_ms": t["search"] * ms,
+            "entropy_ms": t["entropy"] * ms, "exact_ms": t["exact"] * ms, "io_ms": (t["convert"] + serial) * ms,
+            "network_ms": max(call - sum(t.values()), 0.0) * ms}
 
 
 def _summarise(rows: list[dict[str, Any]], warm: list[dict[str, Any]], wall_s: float,
@@ -156,8 +158,8 @@ def _table(results: list[dict[str, Any]], cuda: bool) -> Any:
     from rich.table import Table
 
     table = Table(title="neurocodec speed (steady state, after warm-up)")
-    for col in ("size", "enc fps", "enc ms I / P", "enc net/ent/exact/io %", "dec fps", "dec ms I / P",
-                "dec net/ent/exact/io %", "peak RSS MiB enc/dec" + (" | CUDA" if cuda else "")):
+    for col in ("size", "enc fps", "enc ms I / P", "enc net/search/ent/exact/io %", "dec fps", "dec ms I / P",
+                "dec net/search/ent/exact/io %", "peak RSS MiB enc/dec" + (" | CUDA" if cuda else "")):
         table.add_column(col, justify="right")
     for r in results:
         cells = [f"{r['size'][0]}x{r['size'][1]}"]
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console(width=None if sys.stdout.isatty() else 150)  # no squeezed table in logs
     console.print(_table(results, device.type == "cuda"))
-    console.print(f"net/ent/exact/io = network / entropy coding / exact entropy parameters / "
+    console.print(f"net/search/ent/exact/io = network / motion search / entropy coding / exact entropy parameters / "
                   f"conversion+serialisation share of frame time ({args.precision}); "
                   f"torch threads {torch.get_num_threads()}; details in {args.out}")
     return 0

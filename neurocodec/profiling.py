@@ -2,7 +2,8 @@
 
 The codec marks its non-network work with :func:`stage` (``entropy``: rANS
 coding and the symbol lists it needs; ``exact``: the integer
-entropy-parameter path; ``convert``: frame <-> tensor conversion). Outside a
+entropy-parameter path; ``convert``: frame <-> tensor conversion; ``search``:
+the encoder's block-matching motion search). Outside a
 :func:`profile` block a mark costs one context-variable lookup; inside, each
 marked span is timed, synchronising the GPU first so that queued kernels are
 charged to the stage that launched them.
@@ -24,7 +25,7 @@ import torch
 __all__ = ["STAGES", "Profile", "profile", "stage"]
 
 #: The stages the codec marks; the rest of a frame's time is network work.
-STAGES = ("entropy", "exact", "convert")
+STAGES = ("entropy", "exact", "convert", "search")
 
 _active: ContextVar[Profile | None] = ContextVar("neurocodec_profile", default=None)
 

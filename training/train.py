@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from neurocodec.models import ModelConfig, VideoModel, to_reference
 from neurocodec.models.motion import warp
+from neurocodec.models.search import estimate_flow
 
 from .data import CropSampler, build_cache, training_clips
 
@@ -56,6 +57,11 @@ class Stage:
     #: weight of the drift penalty (P-frame stages): how much a flip in the
     #: reference spreads into the decoded frame, see :func:`drift_gain`.
     drift: float = 0.0
+    #: weight of the motion stage's L1 distance (pixels) between the decoded
+    #: flow and the block-matching estimate (models with ``motion_search``):
+    #: a teacher that gets the motion coder moving, as a pretrained optical
+    #: flow network does in the literature.
+    flow_hint: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -130,9 +136,13 @@ def stage_loss(model: VideoModel, stage: Stage, seq: torch.Tensor, q: torch.Tens
     with torch.no_grad():
         ref = to_reference(model.intra(x0, q)["x_hat"])
     if stage.name == "motion":
-        flow, lik = model.inter.motion(seq[:, 1], ref, q)
+        hint = estimate_flow(seq[:, 1], ref) if model.config.motion_search else None
+        flow, lik = model.inter.motion(seq[:, 1], ref, q, hint)
         mse, bpp = rd_terms(seq[:, 1], warp(ref, flow), list(lik.values()))
-        return {"loss": (lam * mse + bpp).mean(), "mse": mse, "bpp": bpp}
+        loss = (lam * mse + bpp).mean()
+        if stage.flow_hint and hint is not None:
+            loss = loss + stage.flow_hint * (flow[:, :2] - hint).abs().mean()
+        return {"loss": loss, "mse": mse, "bpp": bpp}
     losses, mses, bpps, gains = [], [], [], []
     for t in range(1, seq.shape[1]):
         out = model.inter(seq[:, t], ref, q)
@@ -149,6 +159,25 @@ def stage_loss(model: VideoModel, stage: Stage, seq: torch.Tensor, q: torch.Tens
     if gains:
         stats["gain"] = torch.stack(gains).mean(0)
     return stats
+
+
+def widened(parent: dict[str, torch.Tensor], child: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``parent``'s weights fitted into ``child``'s shapes, for fine-tuning a model with new inputs.
+
+    A kernel whose only difference is more input channels (dim 1) keeps the
+    parent's weights and gets zeros for the new channels, so the child starts
+    out computing exactly what the parent did and learns to use the new inputs.
+    """
+    out = dict(parent)
+    for name, theirs in parent.items():
+        mine = child.get(name)
+        if mine is not None and mine.shape != theirs.shape and mine.dim() > 1 \
+                and mine.shape[:1] + mine.shape[2:] == theirs.shape[:1] + theirs.shape[2:] \
+                and mine.shape[1] > theirs.shape[1]:
+            grown = torch.zeros_like(mine)
+            grown[:, : theirs.shape[1]] = theirs
+            out[name] = grown
+    return out
 
 
 def param_groups(model: VideoModel, stage: Stage) -> list[dict]:
@@ -274,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"resumed at stage {first_stage} step {step}")
     elif args.init is not None:
         parent = torch.load(args.init, map_location=device, weights_only=False)
-        model.load_state_dict(parent["model"])
+        model.load_state_dict(widened(parent["model"], model.state_dict()))
         history = parent.get("history", []) + [{
             "config_path": parent.get("config_path"), "stages": parent["config"]["stages"],
             "elapsed": parent["elapsed"], "hardware": parent.get("hardware", ""),

@@ -29,6 +29,8 @@ class ModelConfig:
     motion_m: int = 64
     motion_z: int = 32
     feat: int = 16  #: full-resolution feature channels fused with the prediction
+    #: the motion encoder also sees a block-matching flow estimate (encoder only)
+    motion_search: bool = False
     #: rate-distortion weight at quality 0 and 1 (loss = lambda * 255^2 * MSE + bpp);
     #: quality interpolates log(lambda) linearly in between.
     lambda_min: float = 0.0018
@@ -59,7 +61,7 @@ class VideoModel(nn.Module):
         self.config = config
         c = config
         self.intra = IntraCoder(c.n, c.m, c.z)
-        self.inter = InterCoder(c.n, c.m, c.z, (c.motion_n, c.motion_m, c.motion_z), c.feat)
+        self.inter = InterCoder(c.n, c.m, c.z, (c.motion_n, c.motion_m, c.motion_z), c.feat, c.motion_search)
 
     def lmbda(self, q: Tensor) -> Tensor:
         """Rate-distortion weight for quality ``q`` (training)."""

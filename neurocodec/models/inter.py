@@ -20,9 +20,9 @@ from .motion import MotionCoder, warp
 class InterCoder(nn.Module):
     """Codes a frame [1, 3, H, W] in [0, 1] given the previous decoded frame."""
 
-    def __init__(self, n: int, m: int, z: int, motion: tuple[int, int, int], feat: int):
+    def __init__(self, n: int, m: int, z: int, motion: tuple[int, int, int], feat: int, search: bool = False):
         super().__init__()
-        self.motion = MotionCoder(*motion)
+        self.motion = MotionCoder(*motion, search=search)
         self.g_a = analysis(6, n, m)
         self.context = nn.Sequential(
             conv(3, n), nn.LeakyReLU(inplace=True), conv(n, n), nn.LeakyReLU(inplace=True),

@@ -18,7 +18,9 @@ from torch import Tensor, nn
 
 from .._compat import GDN
 from ..entropy import Hyperprior
+from ..profiling import stage
 from .layers import GainPair, analysis, conv, deconv
+from .search import estimate_flow
 
 #: Blur levels of the scale-space volume: average-pooled by 1, 2, 4, 8.
 BLUR_LEVELS = 4
@@ -58,12 +60,22 @@ def warp(ref: Tensor, flow: Tensor) -> Tensor:
     return (samples * (1.0 - (s - levels).abs()).clamp_min(0.0)).sum(1)
 
 
-class MotionCoder(nn.Module):
-    """Codes the motion from a decoded reference to the current frame."""
+#: The searched flow enters the motion encoder divided by this (pixels -> ~unit range).
+HINT_SCALE = 8.0
 
-    def __init__(self, n: int, m: int, z: int):
+
+class MotionCoder(nn.Module):
+    """Codes the motion from a decoded reference to the current frame.
+
+    With ``search``, the encoder also sees a block-matching estimate of the
+    motion (:mod:`.search`; the "hint"), so it learns to code motion it could
+    not have found by gradient descent alone. The decoder is the same either way.
+    """
+
+    def __init__(self, n: int, m: int, z: int, search: bool = False):
         super().__init__()
-        self.g_a = analysis(6, n, m)
+        self.search = search
+        self.g_a = analysis(8 if search else 6, n, m)
         self.g_s = nn.Sequential(
             deconv(m, n), GDN(n, inverse=True), deconv(n, n), GDN(n, inverse=True),
             conv(n, 3, 3, 1),
@@ -75,14 +87,23 @@ class MotionCoder(nn.Module):
         self.prior = Hyperprior(m, z)
         self.gain = GainPair(m)
 
-    def forward(self, x: Tensor, ref: Tensor, q: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        y = self.g_a(torch.cat([x, ref], dim=1)) * self.gain.gain(q)
-        y_hat, lik, *_ = self.prior(y)
+    def _analyse(self, x: Tensor, ref: Tensor, q: Tensor, hint: Tensor | None) -> Tensor:
+        inputs = [x, ref]
+        if self.search:
+            if hint is None:
+                with stage("search"):
+                    hint = estimate_flow(x, ref)
+            inputs.append((hint / HINT_SCALE).to(x.dtype))
+        return self.g_a(torch.cat(inputs, dim=1)) * self.gain.gain(q)
+
+    def forward(self, x: Tensor, ref: Tensor, q: Tensor, hint: Tensor | None = None
+                ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training path: decoded flow and likelihoods; ``hint`` is the searched flow, if already known."""
+        y_hat, lik, *_ = self.prior(self._analyse(x, ref, q, hint))
         return self._flow(y_hat, q), lik
 
     def compress(self, x: Tensor, ref: Tensor, q: Tensor) -> tuple[list[bytes], Tensor]:
-        y = self.g_a(torch.cat([x, ref], dim=1)) * self.gain.gain(q)
-        streams, y_hat = self.prior.compress(y)
+        streams, y_hat = self.prior.compress(self._analyse(x, ref, q, None))
         return streams, self._flow(y_hat, q)
 
     def decompress(self, streams: list[bytes], hw: tuple[int, int], q: Tensor) -> Tensor:

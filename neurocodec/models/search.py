@@ -1,0 +1,106 @@
+"""Encoder-side motion search: hierarchical block matching.
+
+A motion coder trained end to end from scratch learns to move pixels by a
+fraction of a pixel, not by the tens of pixels a camera pan moves them at
+360p (measured: mean |flow| 0.27 px where consecutive frames differ at
+16 dB PSNR). The learned-codec literature fixes this with a pretrained
+optical-flow network (DVC, DCVC); we search instead, like classical
+encoders: the estimate only feeds the motion *encoder*, whose latent is what
+gets coded, so the decoder neither runs nor depends on it.
+
+Coarse to fine: an exhaustive search of integer shifts at the coarsest level
+of a luma pyramid, then a small refinement at each finer level around the
+upsampled estimate. Costs are absolute differences averaged over a block
+around each pixel, so every pixel gets the motion of its neighbourhood.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: Pyramid levels below full resolution: the search starts at 1/2^LEVELS.
+LEVELS = 3
+#: Search radius in pixels at the coarsest level (+-48 px at full resolution).
+RADIUS = 6
+#: Search radius of the refinement at each finer level, around the upsampled
+#: estimate (1 at full resolution, the costly level).
+REFINE = 2
+#: Side of the block the matching cost is averaged over, at every level.
+BLOCK = 7
+#: Side of the median filter applied to the flow at every level (3 at full resolution).
+MEDIAN = 5
+#: A shift must beat standing still by this much (mean absolute luma error):
+#: flat or noisy regions keep zero motion instead of a random one.
+ZERO_BIAS = 0.002
+
+
+def _luma(x: Tensor) -> Tensor:
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).float()
+
+
+def _shifted(img: Tensor, dy: int, dx: int, pad: int) -> Tensor:
+    """``img`` [B, 1, H, W] sampled at (y + dy, x + dx), edges replicated; ``pad`` >= |dy|, |dx|."""
+    h, w = img.shape[-2:]
+    padded = F.pad(img, (pad, pad, pad, pad), mode="replicate")
+    return padded[..., pad + dy: pad + dy + h, pad + dx: pad + dx + w]
+
+
+def _best_shift(cur: Tensor, ref: Tensor, radius: int, bias: float) -> Tensor:
+    """Per-pixel integer (dx, dy) [B, 2, H, W] minimising the block cost of ``cur`` vs shifted ``ref``."""
+    best_cost = best = None
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            cost = F.avg_pool2d((cur - _shifted(ref, dy, dx, radius)).abs(), BLOCK, 1, BLOCK // 2,
+                                count_include_pad=False)
+            if dx == 0 and dy == 0:
+                cost = cost - bias
+            shift = cur.new_tensor([dx, dy]).view(1, 2, 1, 1).expand(cur.shape[0], 2, *cur.shape[-2:])
+            if best_cost is None:
+                best_cost, best = cost, shift.clone()
+            else:
+                better = cost < best_cost
+                best_cost = torch.where(better, cost, best_cost)
+                best = torch.where(better, shift, best)
+    return best
+
+
+def _median(flow: Tensor, k: int = MEDIAN) -> Tensor:
+    """Per-component k x k median: removes the stray vectors of flat, ambiguous regions."""
+    b, c, h, w = flow.shape
+    patches = F.unfold(F.pad(flow, (k // 2,) * 4, mode="replicate"), k)  # [B, C*k*k, H*W]
+    return patches.view(b, c, k * k, h * w).median(dim=2).values.view(b, c, h, w)
+
+
+def _warp2(img: Tensor, flow: Tensor) -> Tensor:
+    """Bilinear sample of ``img`` [B, C, H, W] at ``flow`` [B, 2, H, W] (pixels), border edges."""
+    b, _, h, w = img.shape
+    ys = torch.arange(h, device=img.device, dtype=img.dtype).view(1, h, 1)
+    xs = torch.arange(w, device=img.device, dtype=img.dtype).view(1, 1, w)
+    gx = (xs + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
+    gy = (ys + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
+    return F.grid_sample(img, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border",
+                         align_corners=True)
+
+
+@torch.no_grad()
+def estimate_flow(x: Tensor, ref: Tensor) -> Tensor:
+    """Motion from ``ref`` to ``x`` (both [B, 3, H, W], H and W multiples of 2^LEVELS).
+
+    Returns [B, 2, H, W]: (dx, dy) in pixels such that ``x(p) ~ ref(p + flow(p))``,
+    the convention of :func:`neurocodec.models.motion.warp`.
+    """
+    cur, prev = _luma(x), _luma(ref)
+    pyramid = [(cur, prev)]
+    for _ in range(LEVELS):
+        cur, prev = F.avg_pool2d(cur, 2), F.avg_pool2d(prev, 2)
+        pyramid.append((cur, prev))
+    cur, prev = pyramid[-1]
+    flow = _median(_best_shift(cur, prev, RADIUS, ZERO_BIAS))
+    for level in reversed(range(LEVELS)):
+        cur, prev = pyramid[level]
+        flow = 2.0 * F.interpolate(flow, scale_factor=2, mode="nearest")
+        radius, median = (1, 3) if level == 0 else (REFINE, MEDIAN)  # full resolution: the costly level
+        flow = _median(flow + _best_shift(cur, _warp2(prev, flow), radius, ZERO_BIAS), median)
+    return flow
