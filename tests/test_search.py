@@ -63,3 +63,22 @@ def test_widened_weights_start_from_the_parent_function():
         y_parent = parent.inter.motion.g_a(torch.cat([x, ref], 1))
         y_child = child.inter.motion.g_a(torch.cat([x, ref, torch.randn(1, 2, 64, 64)], 1))
     torch.testing.assert_close(y_child, y_parent)
+
+
+def test_flow_teacher_and_drift_penalty_train_a_searching_model():
+    """The stages' losses with the flow teacher and the drift penalty: finite, and the
+    teacher's gradient reaches the motion decoder (zero-initialised: "no motion")."""
+    from training.train import Stage, stage_loss
+
+    torch.manual_seed(0)
+    model = VideoModel(dataclasses.replace(TINY, motion_search=True))
+    model.intra.forward = lambda x, q: {"x_hat": x}  # a perfect I-frame: the reference is the frame
+    image = _tensor(demo_clip(64, 64, 1)[0])
+    seq = torch.stack([torch.roll(image[0], shifts=(0, 5 * t), dims=(1, 2)) for t in range(3)])[None]
+    q = torch.tensor([0.5])
+    for name, frames in (("motion", 2), ("inter", 2), ("multi", 3)):
+        stats = stage_loss(model.train(), Stage(name, 1, frames, flow_hint=0.1, drift=1.0), seq, q)
+        assert torch.isfinite(stats["loss"]) and ("gain" in stats) == (name != "motion")
+        model.zero_grad()
+        stats["loss"].backward()
+        assert model.inter.motion.g_s[-1].weight.grad.abs().sum() > 0

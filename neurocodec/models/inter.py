@@ -35,9 +35,9 @@ class InterCoder(nn.Module):
         )
         self.gain = GainPair(m)
 
-    def forward(self, x: Tensor, ref: Tensor, q: Tensor) -> dict:
-        """Training path; ``ref`` is the previous reconstruction, ``q`` is [B]."""
-        flow, motion_lik = self.motion(x, ref, q)
+    def forward(self, x: Tensor, ref: Tensor, q: Tensor, hint: Tensor | None = None) -> dict:
+        """Training path; ``ref`` is the previous reconstruction, ``q`` is [B], ``hint`` the searched flow."""
+        flow, motion_lik = self.motion(x, ref, q, hint)
         pred = warp(ref, flow)
         y = self.g_a(torch.cat([x, pred], dim=1)) * self.gain.gain(q)
         latent = self.prior(y, self.context(pred))
