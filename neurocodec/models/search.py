@@ -40,29 +40,25 @@ def _luma(x: Tensor) -> Tensor:
     return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).float()
 
 
-def _shifted(img: Tensor, dy: int, dx: int, pad: int) -> Tensor:
-    """``img`` [B, 1, H, W] sampled at (y + dy, x + dx), edges replicated; ``pad`` >= |dy|, |dx|."""
-    h, w = img.shape[-2:]
-    padded = F.pad(img, (pad, pad, pad, pad), mode="replicate")
-    return padded[..., pad + dy: pad + dy + h, pad + dx: pad + dx + w]
-
-
 def _best_shift(cur: Tensor, ref: Tensor, radius: int, bias: float) -> Tensor:
-    """Per-pixel integer (dx, dy) [B, 2, H, W] minimising the block cost of ``cur`` vs shifted ``ref``."""
-    best_cost = best = None
+    """Per-pixel integer (dx, dy) [B, 2, H, W] minimising the block cost of ``cur`` vs shifted ``ref``.
+
+    ``ref`` is edge-replicated outside the frame; a shift of zero gets ``bias`` off its cost.
+    """
+    h, w = cur.shape[-2:]
+    padded = F.pad(ref, (radius,) * 4, mode="replicate")
+    best_cost = torch.full_like(cur, float("inf"))
+    best = cur.new_zeros(cur.shape[0], 2, h, w)
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
-            cost = F.avg_pool2d((cur - _shifted(ref, dy, dx, radius)).abs(), BLOCK, 1, BLOCK // 2,
-                                count_include_pad=False)
+            moved = padded[..., radius + dy: radius + dy + h, radius + dx: radius + dx + w]
+            cost = F.avg_pool2d((cur - moved).abs(), BLOCK, 1, BLOCK // 2, count_include_pad=False)
             if dx == 0 and dy == 0:
                 cost = cost - bias
-            shift = cur.new_tensor([dx, dy]).view(1, 2, 1, 1).expand(cur.shape[0], 2, *cur.shape[-2:])
-            if best_cost is None:
-                best_cost, best = cost, shift.clone()
-            else:
-                better = cost < best_cost
-                best_cost = torch.where(better, cost, best_cost)
-                best = torch.where(better, shift, best)
+            better = cost < best_cost
+            best_cost = torch.where(better, cost, best_cost)
+            best[:, 0:1].masked_fill_(better, dx)
+            best[:, 1:2].masked_fill_(better, dy)
     return best
 
 
