@@ -59,7 +59,10 @@ def test_interrupted_run_resumes_exactly(setup):
     root, config = setup
     train.main([str(config), "--out", str(root / "a")])
     train.main([str(config), "--out", str(root / "b"), "--stop-after", "23"])
-    assert torch.load(root / "b" / "ckpt.pt", weights_only=False)["step"] == 23
+    stopped = torch.load(root / "b" / "ckpt.pt", weights_only=False)
+    assert stopped["step"] == 23
+    record = train.run_record(stopped)  # what a model card will say this run did
+    assert record["stop_after"] == 23 and [s["steps"] for s in record["stages"]] == [23]
     train.main([str(config), "--out", str(root / "b")])
     a = torch.load(root / "a" / "ckpt.pt", weights_only=False)["model"]
     b = torch.load(root / "b" / "ckpt.pt", weights_only=False)["model"]

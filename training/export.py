@@ -21,6 +21,7 @@ from neurocodec.models import ModelConfig, VideoModel
 from neurocodec.zoo import WEIGHTS_DIR, save_model
 
 from .data import VALIDATION_CLIPS
+from .train import run_record
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,11 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     model.eval().update()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.name}.safetensors"
-    stages = cfg["stages"][: ck["stage_idx"]] + (
-        [{**cfg["stages"][ck["stage_idx"]], "steps": ck["step"]}] if ck["step"] else []
-    )
-    runs = ck.get("history", []) + [{"config_path": ck.get("config_path"), "stages": stages,
-                                      "elapsed": ck["elapsed"], "hardware": ck.get("hardware", "")}]
+    runs = ck.get("history", []) + [run_record(ck)]
     total_min = sum(r["elapsed"] for r in runs) / 60
     digest = save_model(model, path, args.name, training=json.dumps(runs))
     path.chmod(0o644)
@@ -64,10 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for k, run in enumerate(runs):
         init = f" --init runs/{args.name}-{k - 1}/ckpt.pt" if k else ""
-        card.append(f"{k + 1}. `python -m training.train {run['config_path']} --out runs/{args.name}-{k}{init}` "
+        stop = f" --stop-after {run['stop_after']}" if run.get("stop_after") else ""
+        card.append(f"{k + 1}. `python -m training.train {run['config_path']} --out runs/{args.name}-{k}{init}{stop}` "
                     f"({run['elapsed'] / 60:.0f} min on {run['hardware']}):")
         card += [f"   - {s['name']}: {s['steps']} steps, {s['frames']} frames per sequence, lr {s['lr']}"
                  + (f", lambda x{s['lambda_scale']:g}" if s.get("lambda_scale", 1.0) != 1.0 else "")
+                 + (f", drift {s['drift']:g}" if s.get("drift") else "")
+                 + (f", flow teacher {s['flow_hint']:g}" if s.get("flow_hint") else "")
                  for s in run["stages"]]
     card.append(f"{len(runs) + 1}. `python -m training.export runs/{args.name}-{len(runs) - 1}/ckpt.pt "
                 f"--name {args.name}`")

@@ -219,6 +219,16 @@ class TrainStep(torch.nn.Module):
         return {**stage_loss(self.model, stage, seq, q), "aux": self.model.aux_loss()}
 
 
+def run_record(ck: dict) -> dict:
+    """What a checkpoint's run did, for the model card: its config, the steps it
+    actually ran (a run stopped early ran fewer than its config says), time, hardware."""
+    stages, idx, step = ck["config"]["stages"], ck["stage_idx"], ck["step"]
+    done = stages[:idx] + ([{**stages[idx], "steps": step}] if step else [])
+    stopped = sum(s["steps"] for s in done) if len(done) < len(stages) or step else None
+    return {"config_path": ck.get("config_path"), "stages": done, "stop_after": stopped,
+            "elapsed": ck["elapsed"], "hardware": ck.get("hardware", "")}
+
+
 def save(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -312,10 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.init is not None:
         parent = torch.load(args.init, map_location=device, weights_only=False)
         model.load_state_dict(widened(parent["model"], model.state_dict()))
-        history = parent.get("history", []) + [{
-            "config_path": parent.get("config_path"), "stages": parent["config"]["stages"],
-            "elapsed": parent["elapsed"], "hardware": parent.get("hardware", ""),
-        }]
+        history = parent.get("history", []) + [run_record(parent)]
         if main_process:
             print(f"initialized from {args.init}")
     train_step: torch.nn.Module = TrainStep(model)
