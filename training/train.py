@@ -144,18 +144,15 @@ def stage_loss(model: VideoModel, stage: Stage, seq: torch.Tensor, q: torch.Tens
         hint = estimate_flow(seq[:, 1], ref) if teach else None
         flow, lik = model.inter.motion(seq[:, 1], ref, q, hint)
         mse, bpp = rd_terms(seq[:, 1], warp(ref, flow), list(lik.values()))
-        loss = (lam * mse + bpp).mean()
-        if teach:
-            loss = loss + stage.flow_hint * (flow[:, :2] - hint).abs().mean()
+        loss = (lam * mse + bpp).mean() + (stage.flow_hint * (flow[:, :2] - hint).abs().mean() if teach else 0)
         return {"loss": loss, "mse": mse, "bpp": bpp}
     losses, mses, bpps, gains = [], [], [], []
     for t in range(1, seq.shape[1]):
         hint = estimate_flow(seq[:, t], ref.detach()) if teach else None
         out = model.inter(seq[:, t], ref, q, hint)
         mse, bpp = rd_terms(seq[:, t], out["x_hat"], list(out["likelihoods"].values()))
-        loss = (lam * mse + bpp).mean()
-        if teach:  # keeps the motion coder from trading motion for bits early in joint training
-            loss = loss + stage.flow_hint * (out["flow"][:, :2] - hint).abs().mean()
+        # the teacher keeps the motion coder from trading motion for bits early in joint training
+        loss = (lam * mse + bpp).mean() + (stage.flow_hint * (out["flow"][:, :2] - hint).abs().mean() if teach else 0)
         if stage.drift:
             gains.append(drift_gain(model, out, ref, q))
             loss = loss + stage.drift * (gains[-1] - DRIFT_TARGET).relu().mean()
@@ -224,7 +221,7 @@ def run_record(ck: dict) -> dict:
     actually ran (a run stopped early ran fewer than its config says), time, hardware."""
     stages, idx, step = ck["config"]["stages"], ck["stage_idx"], ck["step"]
     done = stages[:idx] + ([{**stages[idx], "steps": step}] if step else [])
-    stopped = sum(s["steps"] for s in done) if len(done) < len(stages) or step else None
+    stopped = sum(s["steps"] for s in done) if idx < len(stages) else None
     return {"config_path": ck.get("config_path"), "stages": done, "stop_after": stopped,
             "elapsed": ck["elapsed"], "hardware": ck.get("hardware", "")}
 

@@ -35,6 +35,19 @@ def synthesis(m: int, n: int, cout: int) -> nn.Sequential:
     )
 
 
+def sampling_grid(flow: Tensor) -> Tensor:
+    """``grid_sample`` coordinates [B, H, W, 2] for pixel displacements ``flow`` [B, >=2, H, W] (dx, dy).
+
+    ``align_corners=True`` convention: a zero flow samples every pixel at itself.
+    """
+    h, w = flow.shape[-2:]
+    ys = torch.arange(h, device=flow.device, dtype=flow.dtype).view(1, h, 1)
+    xs = torch.arange(w, device=flow.device, dtype=flow.dtype).view(1, 1, w)
+    gx = (xs + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
+    gy = (ys + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
+    return torch.stack([gx, gy], dim=-1)
+
+
 def padded_size(height: int, width: int, stride: int = STRIDE) -> tuple[int, int]:
     """The (height, width) a frame is coded at: rounded up to multiples of ``stride``."""
     return height + -height % stride, width + -width % stride

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .._compat import GDN
 from ..entropy import Hyperprior
 from ..profiling import stage
-from .layers import GainPair, analysis, conv, deconv
+from .layers import GainPair, analysis, conv, deconv, sampling_grid
 from .search import estimate_flow
 
 #: Blur levels of the scale-space volume: average-pooled by 1, 2, 4, 8.
@@ -47,11 +47,7 @@ def warp(ref: Tensor, flow: Tensor) -> Tensor:
     """
     b, c, h, w = ref.shape
     flow = flow.to(ref.dtype)  # a half-precision flow must not set the grid's precision
-    ys = torch.arange(h, device=ref.device, dtype=ref.dtype).view(1, h, 1)
-    xs = torch.arange(w, device=ref.device, dtype=ref.dtype).view(1, 1, w)
-    gx = (xs + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
-    gy = (ys + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
-    grid = torch.stack([gx, gy], dim=-1).repeat_interleave(BLUR_LEVELS, dim=0)
+    grid = sampling_grid(flow).repeat_interleave(BLUR_LEVELS, dim=0)
     samples = F.grid_sample(
         scale_space(ref).flatten(0, 1), grid, mode="bilinear", padding_mode="border", align_corners=True
     ).view(b, BLUR_LEVELS, c, h, w)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .layers import sampling_grid
+
 #: Pyramid levels below full resolution: the search starts at 1/2^LEVELS.
 LEVELS = 3
 #: Search radius in pixels at the coarsest level (+-48 px at full resolution).
@@ -40,10 +42,10 @@ def _luma(x: Tensor) -> Tensor:
     return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).float()
 
 
-def _best_shift(cur: Tensor, ref: Tensor, radius: int, bias: float) -> Tensor:
+def _best_shift(cur: Tensor, ref: Tensor, radius: int) -> Tensor:
     """Per-pixel integer (dx, dy) [B, 2, H, W] minimising the block cost of ``cur`` vs shifted ``ref``.
 
-    ``ref`` is edge-replicated outside the frame; a shift of zero gets ``bias`` off its cost.
+    ``ref`` is edge-replicated outside the frame; a shift of zero gets ZERO_BIAS off its cost.
     """
     h, w = cur.shape[-2:]
     padded = F.pad(ref, (radius,) * 4, mode="replicate")
@@ -54,7 +56,7 @@ def _best_shift(cur: Tensor, ref: Tensor, radius: int, bias: float) -> Tensor:
             moved = padded[..., radius + dy: radius + dy + h, radius + dx: radius + dx + w]
             cost = F.avg_pool2d((cur - moved).abs(), BLOCK, 1, BLOCK // 2, count_include_pad=False)
             if dx == 0 and dy == 0:
-                cost = cost - bias
+                cost = cost - ZERO_BIAS
             better = cost < best_cost
             best_cost = torch.where(better, cost, best_cost)
             best[:, 0:1].masked_fill_(better, dx)
@@ -62,22 +64,16 @@ def _best_shift(cur: Tensor, ref: Tensor, radius: int, bias: float) -> Tensor:
     return best
 
 
+def _warp(img: Tensor, flow: Tensor) -> Tensor:
+    """Bilinear sample of ``img`` [B, C, H, W] at ``flow`` (pixels), edges replicated."""
+    return F.grid_sample(img, sampling_grid(flow), mode="bilinear", padding_mode="border", align_corners=True)
+
+
 def _median(flow: Tensor, k: int = MEDIAN) -> Tensor:
     """Per-component k x k median: removes the stray vectors of flat, ambiguous regions."""
     b, c, h, w = flow.shape
     patches = F.unfold(F.pad(flow, (k // 2,) * 4, mode="replicate"), k)  # [B, C*k*k, H*W]
     return patches.view(b, c, k * k, h * w).median(dim=2).values.view(b, c, h, w)
-
-
-def _warp2(img: Tensor, flow: Tensor) -> Tensor:
-    """Bilinear sample of ``img`` [B, C, H, W] at ``flow`` [B, 2, H, W] (pixels), border edges."""
-    b, _, h, w = img.shape
-    ys = torch.arange(h, device=img.device, dtype=img.dtype).view(1, h, 1)
-    xs = torch.arange(w, device=img.device, dtype=img.dtype).view(1, 1, w)
-    gx = (xs + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
-    gy = (ys + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
-    return F.grid_sample(img, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border",
-                         align_corners=True)
 
 
 @torch.no_grad()
@@ -93,10 +89,10 @@ def estimate_flow(x: Tensor, ref: Tensor) -> Tensor:
         cur, prev = F.avg_pool2d(cur, 2), F.avg_pool2d(prev, 2)
         pyramid.append((cur, prev))
     cur, prev = pyramid[-1]
-    flow = _median(_best_shift(cur, prev, RADIUS, ZERO_BIAS))
+    flow = _median(_best_shift(cur, prev, RADIUS))
     for level in reversed(range(LEVELS)):
         cur, prev = pyramid[level]
         flow = 2.0 * F.interpolate(flow, scale_factor=2, mode="nearest")
         radius, median = (1, 3) if level == 0 else (REFINE, MEDIAN)  # full resolution: the costly level
-        flow = _median(flow + _best_shift(cur, _warp2(prev, flow), radius, ZERO_BIAS), median)
+        flow = _median(flow + _best_shift(cur, _warp(prev, flow), radius), median)
     return flow
