@@ -242,3 +242,18 @@ def test_peak_memory_sees_a_large_allocation() -> None:
     r = m.result()
     assert r["rss_scope"] in ("phase", "process-lifetime")
     assert r["peak_rss_mib"] >= (r["start_rss_mib"] or 0) + (60 if r["rss_scope"] == "phase" else 0)
+
+
+def test_motion_report_prints_one_row_per_frame(tmp_path, capsys):
+    from eval import motion
+    from neurocodec.io import write_video
+    from neurocodec.synthetic import moving_pattern
+
+    from .conftest import DATA
+
+    video = tmp_path / "clip.mp4"
+    write_video(video, moving_pattern(96, 64, 3, seed=1), fps=25)
+    assert motion.main([str(video), "--frames", "3", "--model", str(DATA / "tiny.safetensors")]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [r.split()[1] for r in rows] == ["I", "P", "P"]
+    assert all(math.isfinite(float(v)) for r in rows[1:] for v in r.split()[2:])
