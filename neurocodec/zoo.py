@@ -114,7 +114,8 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, device: str | torch.
     """A registered model by name, or a ``.safetensors`` file, ready to code (eval mode).
 
     The returned model has ``name`` and ``weight_hash`` attributes, which
-    the encoder writes into the stream header.
+    the encoder writes into the stream header, and ``history``: the training
+    runs that made the weights (read by fine-tuning runs for the model card).
     """
     if str(name_or_path) in _REGISTRY:
         path = WEIGHTS_DIR / _REGISTRY[str(name_or_path)].weights
@@ -146,6 +147,7 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, device: str | torch.
             f"unexpected {result.unexpected_keys}"
         )
     model.name = meta.get("name", path.stem)
+    model.history = json.loads(meta.get("training", "[]"))  # the runs that made it (export's record)
     model.weight_hash = weight_hash(model)
     return model.to(torch_device(device)).eval()
 

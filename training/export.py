@@ -21,7 +21,7 @@ from neurocodec.models import ModelConfig, VideoModel
 from neurocodec.zoo import WEIGHTS_DIR, save_model
 
 from .data import VALIDATION_CLIPS
-from .train import run_record
+from .train import TrainConfig, run_record
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,9 +60,13 @@ def main(argv: list[str] | None = None) -> None:
         "",
     ]
     for k, run in enumerate(runs):
-        init = f" --init runs/{args.name}-{k - 1}/ckpt.pt" if k else ""
+        init = f" --init {run.get('init') or f'runs/{args.name}-{k - 1}/ckpt.pt'}" if k else ""
         stop = f" --stop-after {run['stop_after']}" if run.get("stop_after") else ""
-        card.append(f"{k + 1}. `python -m training.train {run['config_path']} --out runs/{args.name}-{k}{init}{stop}` "
+        video_dir = run.get("video_dir", TrainConfig.video_dir)
+        data = f" --video-dir {video_dir}" if video_dir != TrainConfig.video_dir else ""
+        amp = " --amp" if run.get("amp") else ""
+        card.append(f"{k + 1}. `python -m training.train {run['config_path']} --out runs/{args.name}-{k}"
+                    f"{init}{stop}{data}{amp}` "
                     f"({run['elapsed'] / 60:.0f} min on {run['hardware']}):")
         card += [f"   - {s['name']}: {s['steps']} steps, {s['frames']} frames per sequence, lr {s['lr']}"
                  + (f", lambda x{s['lambda_scale']:g}" if s.get("lambda_scale", 1.0) != 1.0 else "")

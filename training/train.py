@@ -39,6 +39,7 @@ from tqdm import tqdm
 from neurocodec.models import ModelConfig, VideoModel, to_reference
 from neurocodec.models.motion import warp
 from neurocodec.models.search import estimate_flow
+from neurocodec.zoo import load_model
 
 from .data import CropSampler, build_cache, training_clips
 
@@ -223,7 +224,28 @@ def run_record(ck: dict) -> dict:
     done = stages[:idx] + ([{**stages[idx], "steps": step}] if step else [])
     stopped = sum(s["steps"] for s in done) if idx < len(stages) else None
     return {"config_path": ck.get("config_path"), "stages": done, "stop_after": stopped,
-            "elapsed": ck["elapsed"], "hardware": ck.get("hardware", "")}
+            "elapsed": ck["elapsed"], "hardware": ck.get("hardware", ""), "amp": ck.get("amp", False),
+            "init": ck.get("init"), "video_dir": ck.get("video_dir", ck["config"].get("video_dir"))}
+
+
+def parent_of(init: str) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Model weights and run history (for the model card) that ``--init`` names.
+
+    A run's checkpoint (``.pt``), or shipped weights: those carry their
+    history in the file and need no checkpoint, which is what a leased GPU
+    machine with a small upload can take. Their entropy tables are dropped
+    (training rebuilds none; export recomputes them) and their kernels are
+    the float16-rounded ones export wrote.
+    """
+    if Path(init).suffix == ".pt":
+        parent = torch.load(init, map_location="cpu", weights_only=False)
+        return parent["model"], parent.get("history", []) + [run_record(parent)]
+    shipped = load_model(init)
+    tables = {"_quantized_cdf", "_offset", "_cdf_length", "scale_table"}
+    weights = {k: v for k, v in shipped.state_dict().items() if k.rsplit(".", 1)[-1] not in tables}
+    fresh = VideoModel(shipped.config).state_dict()
+    weights.update({k: v for k, v in fresh.items() if k.rsplit(".", 1)[-1] in tables})
+    return weights, shipped.history
 
 
 def save(path: Path, state: dict) -> None:
@@ -267,8 +289,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="run folder: checkpoints and log")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--video-dir", help="override the config's video folder")
-    ap.add_argument("--init", type=Path, metavar="CKPT",
-                    help="start from the model weights of another run's checkpoint (fine-tuning)")
+    ap.add_argument("--init", metavar="CKPT|MODEL",
+                    help="start from the weights of another run's checkpoint, or of shipped "
+                         "weights (a model name or .safetensors file): fine-tuning")
     ap.add_argument("--stop-after", type=int, metavar="STEPS",
                     help="checkpoint and exit after this many steps (time-boxed runs); rerun to resume")
     ap.add_argument("--amp", action="store_true",
@@ -283,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "config.json").write_text(args.config.read_text())
     torch.set_num_threads(cfg.threads)
+    torch.backends.cudnn.benchmark = device.startswith("cuda")  # fixed crop size: tuned kernels pay
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     torch.manual_seed(cfg.seed + rank)
@@ -317,9 +341,8 @@ def main(argv: list[str] | None = None) -> None:
         if main_process:
             print(f"resumed at stage {first_stage} step {step}")
     elif args.init is not None:
-        parent = torch.load(args.init, map_location=device, weights_only=False)
-        model.load_state_dict(widened(parent["model"], model.state_dict()))
-        history = parent.get("history", []) + [run_record(parent)]
+        weights, history = parent_of(args.init)
+        model.load_state_dict(widened(weights, model.state_dict()))
         if main_process:
             print(f"initialized from {args.init}")
     train_step: torch.nn.Module = TrainStep(model)
@@ -360,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
                 psnr = (10 * torch.log10(1 / stats["mse"].float().clamp_min(1e-10))).mean().item()
                 rec = {"stage": stage.name, "step": step, "loss": stats["loss"].item(),
                        "bpp": stats["bpp"].mean().item(), "psnr": psnr, "aux": stats["aux"].item(),
-                       "elapsed_s": round(elapsed, 1)}
+                       "elapsed_s": round(elapsed, 3)}
                 if "gain" in stats:
                     rec["drift_gain"] = stats["gain"].mean().item()
                 log.write(json.dumps(rec) + "\n")
@@ -378,7 +401,8 @@ def main(argv: list[str] | None = None) -> None:
                         "aux_opt": aux_opt.state_dict(), "stage_idx": stage_idx + done,
                         "step": 0 if done else step + 1, "elapsed": elapsed, "sampler": samplers, "rng": rngs,
                         "config": json.loads(args.config.read_text()), "config_path": str(args.config),
-                        "history": history, "hardware": hardware,
+                        "history": history, "hardware": hardware, "amp": args.amp, "init": args.init,
+                        "video_dir": str(args.video_dir or cfg.video_dir),
                     })
             if steps_left == 0:
                 if main_process:

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# One leased GPU, one command: the GPU checks (speed, cross-device determinism,
+# drift), then fine-tuning of the shipped model for whatever time is left.
+#
+# A lease here is minutes long and its machine starts bare, with a 64 MiB
+# upload: so everything runs in one call, within BUDGET seconds of wall time,
+# and all it measures comes back as two files in $OUT (logs.tar.gz, ckpt.pt).
+#
+# Prepare on this machine (README, "Training on a leased GPU"):
+#   python -m training.pack ../shared/video --out .gpu/clips --max-frames 48
+#   cp ../shared/video/skate_parkour.mp4 .gpu/
+#   .whl/: the av and pytorch-msssim wheels for CPython 3.12, compressai's sdist
+# Then run there, carrying .whl and .gpu:  BUDGET=560 bash training/gpu_session.sh
+set -u
+START=$(date +%s)
+BUDGET=${BUDGET:-560}
+OUT=${OUT:-/tmp/gpu-session}
+CONFIG=${CONFIG:-training/configs/gpu.json}  # a tiny one and CUDA=0 make a dry run on CPU
+CUDA=${CUDA:-1}
+LOGS=/tmp/gpu-logs  # tarred into $OUT: a lease returns at most 8 files
+WRAP_UP=85          # seconds kept after training: export, drift of the new weights, packing
+mkdir -p "$OUT" "$LOGS"
+left() { echo $((BUDGET - $(date +%s) + START)); }
+stamp() { echo "[$(($(date +%s) - START)) s] $*" | tee -a "$LOGS/timeline.txt"; }
+pack() { tar czf "$OUT/logs.tar.gz" -C "$LOGS" . 2>/dev/null; }
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8
+
+stamp "setup: wheels, and compressai's extensions built from its sdist (no cp312 wheel offline)"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+    > "$LOGS/setup.txt" 2>&1 || { cat "$LOGS/setup.txt"; exit 1; }
+mkdir -p /tmp/cai && tar xzf .whl/compressai-*.tar.gz -C /tmp/cai
+CAI=$(echo /tmp/cai/compressai-*)
+(cd "$CAI" && python3 setup.py -q build_ext --inplace --parallel 4) >> "$LOGS/setup.txt" 2>&1 \
+    || { tail -20 "$LOGS/setup.txt"; exit 1; }
+export PYTHONPATH=$PWD:$CAI:/tmp/site
+nvidia-smi > "$LOGS/nvidia-smi.txt" 2>&1
+python3 -c "import torch, neurocodec, compressai, av; assert torch.cuda.is_available() or not $CUDA
+print(torch.__version__, compressai.__version__, av.__version__)" >> "$LOGS/setup.txt" 2>&1 || { cat "$LOGS/setup.txt"; exit 1; }
+
+stamp "frame cache of the packed training clips"
+python3 -c "from pathlib import Path; from training.data import build_cache, training_clips
+build_cache(training_clips(Path('.gpu/clips')), Path('data/cache-gpu'), workers=16)" > "$LOGS/cache.txt" 2>&1
+
+stamp "speed benchmark, GPU alone (eval.bench)"
+for p in fp16 bf16 fp32; do
+    if [ $p = fp16 ]; then sizes="640x360 1280x720 1920x1080"; limit=100; else sizes=1920x1080; limit=45; fi
+    timeout $limit python3 -m eval.bench --device cuda --precision $p --sizes $sizes --frames 16 --warmup 4 \
+        --out "$LOGS/bench-cuda-$p.json" > "$LOGS/bench-cuda-$p.txt" 2>&1
+done
+pack
+
+stamp "probe: step time of each stage, steps fitted to the time left"
+# the probe takes ~40 s and the trainer ~30 s to start; 15% margin for the checks run beside it
+SECONDS_FOR_STEPS=$(( ($(left) - WRAP_UP - 70) * 85 / 100 ))
+TRAIN_ARGS=(--init nc-starter --video-dir .gpu/clips --amp)
+python3 -m training.budget "$CONFIG" --seconds $SECONDS_FOR_STEPS \
+    --out training/configs/gpu-fitted.json -- "${TRAIN_ARGS[@]}" > "$LOGS/budget.txt" 2>&1
+cp training/configs/gpu-fitted.json "$LOGS/" 2>/dev/null
+tail -6 "$LOGS/budget.txt"
+
+stamp "training (background) for $(( $(left) - WRAP_UP )) s at most"
+timeout -s INT $(( $(left) - WRAP_UP )) python3 -m training.train training/configs/gpu-fitted.json \
+    --out runs/gpu "${TRAIN_ARGS[@]}" > "$LOGS/train.txt" 2>&1 &
+TRAIN=$!
+
+stamp "determinism tests on CUDA, drift of the shipped weights (beside training)"
+timeout 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_determinism.py > "$LOGS/pytest-cuda.txt" 2>&1
+tail -3 "$LOGS/pytest-cuda.txt"
+DRIFT=(.gpu/skate_parkour.mp4 --frames 96 --gop -1)
+timeout 150 python3 -m eval.drift "${DRIFT[@]}" --decode cpu:fp32 cuda:fp32 cuda:fp16 cuda:bf16 \
+    --out "$LOGS/drift-shipped-cpu-encode.json" > "$LOGS/drift-shipped-cpu-encode.txt" 2>&1
+timeout 100 python3 -m eval.drift "${DRIFT[@]}" --encode cuda:fp16 --decode cpu:fp32 cuda:fp16 \
+    --out "$LOGS/drift-shipped-cuda-encode.json" > "$LOGS/drift-shipped-cuda-encode.txt" 2>&1
+pack
+wait $TRAIN
+stamp "training ended (exit $?)"
+cp runs/gpu/log.jsonl "$LOGS/train-log.jsonl"
+
+stamp "checkpoint without optimizer state, kernels float16 (as export rounds them): under 16 MiB"
+python3 -c "import torch; ck = torch.load('runs/gpu/ckpt.pt', map_location='cpu', weights_only=False)
+ck['opt'] = None
+ck['model'] = {k: v.half() if v.dim() == 4 and k.endswith('.weight') else v for k, v in ck['model'].items()}
+torch.save(ck, '$OUT/ckpt.pt'); print(ck['stage_idx'], ck['step'], round(ck['elapsed']))" 2>&1 | tee "$LOGS/ckpt.txt"
+python3 -m training.export runs/gpu/ckpt.pt --name nc-gpu --out /tmp/weights > "$LOGS/export.txt" 2>&1
+stamp "drift of the new weights"
+timeout $(( $(left) - 5 )) python3 -m eval.drift "${DRIFT[@]}" --model /tmp/weights/nc-gpu.safetensors \
+    --decode cpu:fp32 cuda:fp32 cuda:fp16 cuda:bf16 --out "$LOGS/drift-new.json" > "$LOGS/drift-new.txt" 2>&1
+stamp done
+pack
