@@ -108,3 +108,79 @@ def test_redecode_is_the_decoder_and_drift_gain_trains_it(tiny_model):
     assert gain.shape == (1,) and torch.isfinite(gain).all() and gain.item() > 0
     gain.sum().backward()
     assert model.inter.fuse[0].weight.grad.abs().sum() > 0
+
+
+def test_drift_gain_under_amp_measures_the_flips_not_bfloat16(tiny_model):
+    """Under bfloat16 autocast the gain compares two float32 decodes: it matches
+    the float32 gain, where against the bfloat16 output it would be rounding noise."""
+    import copy
+
+    from neurocodec.models import to_reference
+
+    model = copy.deepcopy(tiny_model).train()
+    seq = torch.from_numpy(moving_pattern(64, 64, 2, seed=2)).permute(0, 3, 1, 2).float().div(255)
+    q = torch.tensor([0.5])
+    ref = to_reference(model.intra(seq[:1], q)["x_hat"]).detach()
+    gains = []
+    for amp in (False, True):
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = model.inter(seq[1:], ref.bfloat16() if amp else ref, q)  # as training holds it
+            gains.append(train.drift_gain(model, out, ref, q))
+    assert torch.isfinite(gains[1]).all()
+    torch.testing.assert_close(gains[1], gains[0], rtol=0.05, atol=0)
+
+
+def test_budget_fits_steps_to_the_time_left(setup, tmp_path):
+    """The probe times every stage; the fitted config keeps the stages' proportions."""
+    from training import budget
+
+    root, config = setup
+    fitted = tmp_path / "fitted.json"
+    budget.main([str(config), "--seconds", "30", "--out", str(fitted), "--probe", "5"])
+    raw, out = json.loads(config.read_text()), json.loads(fitted.read_text())
+    assert [s["name"] for s in out["stages"]] == [s["name"] for s in raw["stages"]]
+    assert out["stages"][0]["steps"] > out["stages"][1]["steps"]  # 40 : 2 in the source config
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(json.dumps({"stage": s, "step": i, "elapsed_s": t})
+                             for s, i, t in [("intra", 0, 5.0), ("intra", 1, 5.1), ("intra", 2, 5.2),
+                                             ("intra", 3, 5.4), ("intra", 4, 5.6),
+                                             ("multi", 0, 9.0), ("multi", 2, 9.5), ("multi", 4, 10.5)]))
+    times = budget.step_times(log)  # warm-up steps (0, 1) left out
+    assert times == pytest.approx({"intra": 0.2, "multi": 0.5})
+    plan = budget.fit({"stages": [{"name": "intra", "steps": 100}, {"name": "multi", "steps": 20}]}, times, 60)
+    assert [s["steps"] for s in plan["stages"]] == [200, 40]  # 100*0.2 + 20*0.5 = 30 s, doubled
+
+
+def test_init_from_shipped_weights_carries_their_history(setup, tiny_model, tmp_path):
+    """``--init`` takes a .safetensors file: its weights, and its training runs for the model card."""
+    import copy
+
+    from neurocodec.zoo import load_model, save_model
+
+    root, config = setup
+    shipped = tmp_path / "shipped.safetensors"
+    history = [{"config_path": "x.json", "stages": [], "elapsed": 60.0, "hardware": "cpu"}]
+    save_model(copy.deepcopy(tiny_model), shipped, "tiny", training=json.dumps(history))
+    run = tmp_path / "run"
+    train.main([str(config), "--out", str(run), "--init", str(shipped), "--stop-after", "1"])
+    ck = torch.load(run / "ckpt.pt", weights_only=False)
+    assert ck["history"] == history and ck["init"] == str(shipped)
+    weights, _ = train.parent_of(str(shipped))
+    parent = load_model(shipped).state_dict()
+    key = "intra.g_s.0.weight"
+    assert torch.equal(weights[key], parent[key])
+
+
+def test_pack_writes_the_cached_frames_near_losslessly(setup, tmp_path, capsys):
+    from neurocodec.io import read_frames
+    from training import data, pack
+
+    root, config = setup
+    videos = root / "videos"
+    pack.main([str(videos), "--out", str(tmp_path), "--max-frames", "5", "--crf", "10"])
+    for clip in data.training_clips(videos):
+        packed = np.stack(list(read_frames(tmp_path / f"{clip.stem}.mp4")))
+        assert packed.shape == data.cache_frames(clip, 5).shape
+        assert pack.psnr(packed, data.cache_frames(clip, 5)) > 35
+    assert "total" in capsys.readouterr().out

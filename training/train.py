@@ -102,7 +102,7 @@ def rd_terms(x: torch.Tensor, x_hat: torch.Tensor, likelihoods: list[torch.Tenso
 
 def ste_reference(x_hat: torch.Tensor) -> torch.Tensor:
     """The decoder's 8-bit reference in the forward pass, gradients straight through."""
-    x = x_hat.clamp(0.0, 1.0)
+    x = x_hat.float().clamp(0.0, 1.0)
     return x + (to_reference(x) - x).detach()
 
 
@@ -124,10 +124,20 @@ def drift_gain(model: VideoModel, out: dict, ref: torch.Tensor, q: torch.Tensor)
     an untrained-for-it model, and the flip count followed within 2%). Above
     1 the difference spreads frame after frame (drift accumulates along the
     GOP); below 1 it dies out.
+
+    Under ``--amp`` both decodes run in float32: one bfloat16 decode's own
+    rounding (~0.4%) is as large as a flip, and the gain measured against it
+    was noise (2.4 to 2.9 where float32 training measured 0.97, on an H200).
     """
+    amp = torch.is_autocast_enabled(ref.device.type)
+    if amp:  # the parsed stream and the reference as float32, as a float32 decoder holds them
+        out = {**out, "flow": out["flow"].float(), "hyper": out["hyper"].float(), "symbols": out["symbols"].float()}
+        ref = ref.float()
     flips = (torch.rand_like(ref) < DRIFT_PROBE_DENSITY) * torch.randn_like(ref).sign() / 255.0
-    moved = model.inter.redecode(out, ref + flips, q)
-    return (moved - out["x_hat"]).abs().flatten(1).sum(1) / flips.abs().flatten(1).sum(1).clamp_min(1 / 255.0)
+    with torch.autocast(ref.device.type, enabled=False):
+        base = model.inter.redecode(out, ref, q) if amp else out["x_hat"]
+        moved = model.inter.redecode(out, ref + flips, q)
+    return (moved - base).abs().flatten(1).sum(1) / flips.abs().flatten(1).sum(1).clamp_min(1 / 255.0)
 
 
 def stage_loss(model: VideoModel, stage: Stage, seq: torch.Tensor, q: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -139,7 +149,8 @@ def stage_loss(model: VideoModel, stage: Stage, seq: torch.Tensor, q: torch.Tens
         mse, bpp = rd_terms(x0, out["x_hat"], list(out["likelihoods"].values()))
         return {"loss": (lam * mse + bpp).mean(), "mse": mse, "bpp": bpp}
     with torch.no_grad():
-        ref = to_reference(model.intra(x0, q)["x_hat"])
+        # references stay float32 under --amp: bfloat16 cannot hold every 8-bit level k/255
+        ref = to_reference(model.intra(x0, q)["x_hat"].float())
     teach = stage.flow_hint > 0 and model.config.motion_search
     if stage.name == "motion":
         hint = estimate_flow(seq[:, 1], ref) if teach else None
@@ -160,7 +171,7 @@ def stage_loss(model: VideoModel, stage: Stage, seq: torch.Tensor, q: torch.Tens
         losses.append(loss)
         mses.append(mse)
         bpps.append(bpp)
-        ref = ste_reference(out["x_hat"]) if stage.name == "multi" else to_reference(out["x_hat"]).detach()
+        ref = ste_reference(out["x_hat"]) if stage.name == "multi" else to_reference(out["x_hat"].float()).detach()
     stats = {"loss": torch.stack(losses).mean(), "mse": torch.stack(mses).mean(0), "bpp": torch.stack(bpps).mean(0)}
     if gains:
         stats["gain"] = torch.stack(gains).mean(0)
