@@ -50,8 +50,9 @@ done
 pack
 
 stamp "probe: step time of each stage, steps fitted to the time left"
-# the probe takes ~40 s and the trainer ~30 s to start; 15% margin for the checks run beside it
-SECONDS_FOR_STEPS=$(( ($(left) - WRAP_UP - 70) * 85 / 100 ))
+# on the H200 (2026-11-26) the probe took 33 s and the trainer 14 s to start; 10% margin for
+# the checks run beside it (that lease's 15% left 100 s of its 555 unused)
+SECONDS_FOR_STEPS=$(( ($(left) - WRAP_UP - 50) * 9 / 10 ))
 TRAIN_ARGS=(--init nc-starter --video-dir .gpu/clips --amp)
 python3 -m training.budget "$CONFIG" --seconds $SECONDS_FOR_STEPS \
     --out training/configs/gpu-fitted.json -- "${TRAIN_ARGS[@]}" > "$LOGS/budget.txt" 2>&1
