@@ -20,6 +20,7 @@ import torch
 
 from eval.rd import load_clip
 from neurocodec import Encoder, load_model
+from neurocodec.codec import frame_to_tensor
 from neurocodec.models import pad_to_stride, to_reference
 from neurocodec.models.motion import warp
 from neurocodec.models.search import estimate_flow
@@ -42,24 +43,24 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model)
     enc = Encoder(w, h, model=model, quality=args.quality, gop=-1)
     q = torch.tensor([args.quality])
-    ref = None
+    ref, cpu = None, torch.device("cpu")
     print("frame type  bpp     motion bpp  PSNR dB: unmoved  searched  decoded   mean |flow| px")
     for t, frame in enumerate(frames):
         packets = enc.encode(frame)
         streams = packets[0].streams
         bpp = 8 * sum(len(s) for s in streams) / (w * h)
-        x = pad_to_stride(torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255)
+        x = pad_to_stride(frame_to_tensor(frame, w, h, cpu))
         if ref is None:
             print(f"{t:5d} I     {bpp:.4f}")
         else:
             with torch.no_grad():
-                flow, _ = model.inter.motion(x, ref, q)
                 searched = estimate_flow(x, ref)
+                flow, _ = model.inter.motion(x, ref, q, searched)  # the searched flow as the encoder's hint
                 shifted = warp(ref, torch.cat([searched, torch.zeros_like(searched[:, :1])], 1))
                 print(f"{t:5d} P     {bpp:.4f}  {8 * (len(streams[0]) + len(streams[1])) / (w * h):.4f}"
                       f"      {_psnr(x, ref):6.2f}   {_psnr(x, shifted):6.2f}    {_psnr(x, warp(ref, flow)):6.2f}"
                       f"    {flow[:, :2].abs().mean():.2f}")
-        ref = to_reference(pad_to_stride(torch.from_numpy(enc.reconstruction).permute(2, 0, 1)[None].float() / 255))
+        ref = to_reference(pad_to_stride(frame_to_tensor(enc.reconstruction, w, h, cpu)))
     return 0
 
 

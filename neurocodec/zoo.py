@@ -161,11 +161,15 @@ def _derived_keys(model: torch.nn.Module) -> set[str]:
     }
 
 
+#: Entropy-model buffers computed from the weights (tables), not trained.
+TABLE_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
+
 def _resize_entropy_tables(model: VideoModel, state: dict[str, torch.Tensor]) -> None:
     """The factorized model's tables depend on training; size its buffers to the file's."""
     for prefix, module in model.named_modules():
         if isinstance(module, EntropyBottleneck):
-            for buf in ("_quantized_cdf", "_offset", "_cdf_length", "scale_table"):
+            for buf in TABLE_BUFFERS:
                 if f"{prefix}.{buf}" in state:
                     module._buffers[buf] = torch.empty_like(state[f"{prefix}.{buf}"])
 

@@ -19,13 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from neurocodec.io import probe, read_frames, write_video
+from neurocodec.metrics import psnr
 
 from .data import cache_frames, training_clips
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from neurocodec.models import ModelConfig, VideoModel, to_reference
 from neurocodec.models.motion import warp
 from neurocodec.models.search import estimate_flow
-from neurocodec.zoo import load_model
+from neurocodec.zoo import TABLE_BUFFERS, load_model
 
 from .data import CropSampler, build_cache, training_clips
 
@@ -252,10 +252,9 @@ def parent_of(init: str) -> tuple[dict[str, torch.Tensor], list[dict]]:
         parent = torch.load(init, map_location="cpu", weights_only=False)
         return parent["model"], parent.get("history", []) + [run_record(parent)]
     shipped = load_model(init)
-    tables = {"_quantized_cdf", "_offset", "_cdf_length", "scale_table"}
-    weights = {k: v for k, v in shipped.state_dict().items() if k.rsplit(".", 1)[-1] not in tables}
+    weights = {k: v for k, v in shipped.state_dict().items() if k.rsplit(".", 1)[-1] not in TABLE_BUFFERS}
     fresh = VideoModel(shipped.config).state_dict()
-    weights.update({k: v for k, v in fresh.items() if k.rsplit(".", 1)[-1] in tables})
+    weights.update({k: v for k, v in fresh.items() if k.rsplit(".", 1)[-1] in TABLE_BUFFERS})
     return weights, shipped.history
 
 
