@@ -34,12 +34,12 @@ from .container import (
     FrameType,
     Packet,
     StreamHeader,
-    StreamReader,
     StreamWriter,
     code_to_quality,
     quality_to_code,
 )
-from .errors import BitstreamError, InputError, ModelMismatchError, VideoIOError
+from .entropy import Parsed
+from .errors import BitstreamError, InputError, ModelMismatchError
 from .io import probe, read_frames
 from .models import VideoModel, pad_to_stride, padded_size, to_reference
 from .profiling import stage
@@ -219,22 +219,43 @@ class Decoder:
         with stage("convert"):
             return frame.cpu().numpy()
 
-    def decode_tensor(self, packet: Packet) -> torch.Tensor:
-        """The packet's frame as a uint8 tensor [H, W, 3] left on the decoder's device (for GPU pipelines)."""
+    def parse(self, packet: Packet) -> tuple[Parsed, ...]:
+        """The packet's entropy decoding alone: the serial, CPU-bound part of decoding.
+
+        It needs no reference frame, so packets may be parsed ahead and in
+        other processes (:class:`~neurocodec.parallel.ParsePool`); pass the
+        result to :meth:`decode_tensor`.
+        """
+        coder = self.model.intra if packet.frame_type == FrameType.I else self.model.inter
+        with _payload_errors(packet), torch.inference_mode():
+            return coder.parse(list(packet.streams), self._padded_hw)
+
+    def decode_tensor(self, packet: Packet, parsed: tuple[Parsed, ...] | None = None) -> torch.Tensor:
+        """The packet's frame as a uint8 tensor [H, W, 3] left on the decoder's device (for GPU pipelines).
+
+        ``parsed``: the packet's :meth:`parse`, if already done.
+        """
+        if packet.frame_type != FrameType.I and self._ref is None:
+            raise BitstreamError(f"P-frame {packet.pts} has no preceding I-frame to reference")
+        parsed = self.parse(packet) if parsed is None else parsed
         q = torch.tensor([packet.quality], device=self.device)
-        try:
-            with torch.inference_mode(), _autocast(self.device, self.precision):
-                if packet.frame_type == FrameType.I:
-                    x_hat = self.model.intra.decompress(list(packet.streams), self._padded_hw, q)
-                elif self._ref is None:
-                    raise BitstreamError(f"P-frame {packet.pts} has no preceding I-frame to reference")
-                else:
-                    x_hat = self.model.inter.decompress(list(packet.streams), self._ref, q)
-        except (ValueError, RuntimeError, IndexError) as e:
-            raise BitstreamError(f"frame {packet.pts}: entropy-coded payload is corrupt ({e})") from e
+        with _payload_errors(packet), torch.inference_mode(), _autocast(self.device, self.precision):
+            if packet.frame_type == FrameType.I:
+                x_hat = self.model.intra.reconstruct(parsed, q)
+            else:
+                x_hat = self.model.inter.reconstruct(parsed, self._ref, q)
         self._ref = to_reference(x_hat.float())
         with stage("convert"):
             return _crop_to_uint8(self._ref, self.header.width, self.header.height)
+
+
+@contextmanager
+def _payload_errors(packet: Packet) -> Iterator[None]:
+    """What the entropy decoder or the transforms raise on a corrupt payload, as a BitstreamError."""
+    try:
+        yield
+    except (ValueError, RuntimeError, IndexError) as e:
+        raise BitstreamError(f"frame {packet.pts}: entropy-coded payload is corrupt ({e})") from e
 
 
 def _frames_of(source) -> tuple[Iterable[Frame], int, int, Fraction | None, int | None]:
@@ -321,18 +342,17 @@ def decode(
     model: str | VideoModel | None = None,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
+    parse_workers: int = 0,
 ) -> np.ndarray:
-    """Decode a whole stream (bytes, path or binary file) to uint8 frames [T, H, W, 3]."""
+    """Decode a whole stream (bytes, path or binary file) to uint8 frames [T, H, W, 3].
+
+    ``parse_workers``: processes that entropy-decode ahead (:mod:`neurocodec.parallel`).
+    """
+    from .reader import Reader  # the reader builds on this module
+
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return decode(io.BytesIO(bytes(source)), model=model, device=device, precision=precision)
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            with open(source, "rb") as f:
-                return decode(f, model=model, device=device, precision=precision)
-        except OSError as e:
-            raise VideoIOError(f"cannot read {source}: {e.strerror or e}") from e
-    reader = StreamReader(source)
-    decoder = Decoder(reader.header, model=model, device=device, precision=precision)
-    frames = [decoder.decode(p) for p in reader]
-    h = reader.header
+        source = io.BytesIO(bytes(source))
+    with Reader(source, model=model, device=device, precision=precision, parse_workers=parse_workers) as reader:
+        frames = list(reader)
+        h = reader.header
     return np.stack(frames) if frames else np.empty((0, h.height, h.width, 3), np.uint8)

@@ -40,7 +40,7 @@ from .errors import BitstreamError
 from .profiling import stage
 from .tables import SCALE_FRACTION_BITS, SCALE_TABLE, coding_tables
 
-__all__ = ["SCALE_TABLE", "ExactStack", "Hyperprior", "Relaxed", "scale_index", "ste_round"]
+__all__ = ["SCALE_TABLE", "ExactStack", "Hyperprior", "Parsed", "Relaxed", "scale_index", "ste_round"]
 
 #: Fraction bits of the exact path's fixed-point weights (activations carry
 #: SCALE_FRACTION_BITS).
@@ -152,6 +152,16 @@ class Relaxed(NamedTuple):
     hyper: Tensor  #: decoded hyper features, input of the mean head
 
 
+class Parsed(NamedTuple):
+    """A coded latent's integers, entropy-decoded: all a decoder reads from its streams."""
+
+    z_hat: Tensor  #: decoded hyper-latent [1, C, h/4, w/4] (integer symbols plus the medians)
+    symbols: Tensor  #: int32 [1, M, h, w]: ``y_hat`` minus its means
+    #: exact hyper features (fixed point); None when parsed in another process,
+    #: where sending them would cost more than recomputing
+    hyper: Tensor | None = None
+
+
 class Hyperprior(nn.Module):
     """Mean-scale hyperprior over a latent ``y`` [B, M, h, w] (h, w multiples of 4).
 
@@ -213,17 +223,23 @@ class Hyperprior(nn.Module):
         The indexes are exact functions of ``z_hat``'s integer symbols (the
         shipped medians are fixed), identical on every device and precision.
         """
+        h, indexes = self._exact_hyper(z_hat)
+        return self._coding_means(h, ctx), indexes
+
+    def _exact_hyper(self, z_hat: Tensor) -> tuple[Tensor, Tensor]:
+        """(hyper features in fixed point, table indexes), both exact."""
         if self._exact is None or self._exact[0] != z_hat.device:
             self._exact = (z_hat.device, ExactStack(list(self.h_s)).to(z_hat.device),
                            ExactStack(list(self.scale_head)).to(z_hat.device))
         _, trunk, head = self._exact
         with stage("exact"):
             h = trunk(torch.round(z_hat.double() * 2**SCALE_FRACTION_BITS))
-            indexes = scale_index(head(h))
+            return h, scale_index(head(h))
+
+    def _coding_means(self, h: Tensor, ctx: Tensor | None) -> Tensor:
         dtype = self.mean_head[0].weight.dtype  # float32 unless someone converted the model
-        with torch.autocast(z_hat.device.type, enabled=False):  # no half-precision means: they set y_hat
-            means = self.means((h * 2.0**-SCALE_FRACTION_BITS).to(dtype), None if ctx is None else ctx.to(dtype))
-        return means, indexes
+        with torch.autocast(h.device.type, enabled=False):  # no half-precision means: they set y_hat
+            return self.means((h * 2.0**-SCALE_FRACTION_BITS).to(dtype), None if ctx is None else ctx.to(dtype))
 
     @torch.no_grad()
     def compress(self, y: Tensor, ctx: Tensor | None = None) -> tuple[list[bytes], Tensor]:
@@ -244,25 +260,39 @@ class Hyperprior(nn.Module):
         return [y_bytes, z_bytes], symbols + means
 
     @torch.no_grad()
-    def decompress(
-        self, streams: list[bytes], latent_hw: tuple[int, int], ctx: Tensor | None = None
-    ) -> Tensor:
-        """Inverse of :meth:`compress` for a latent of spatial size ``latent_hw``."""
+    def parse(self, streams: list[bytes], latent_hw: tuple[int, int]) -> Parsed:
+        """Entropy-decode ``[y_bytes, z_bytes]`` for a latent of spatial size ``latent_hw``.
+
+        Needs no context: the table choice depends on ``z`` alone, so a parse
+        may run before, or apart from, the reconstruction it feeds.
+        """
         if len(streams) != 2:
             raise BitstreamError(f"a hyperprior latent needs 2 coded streams, got {len(streams)}")
         y_bytes, z_bytes = streams
         z_hw = (latent_hw[0] // 4, latent_hw[1] // 4)
         with stage("entropy"):
             z_hat = self.z_model.decompress([_guard(z_bytes, self.z_model.channels * z_hw[0] * z_hw[1])], z_hw)
-        means, indexes = self.entropy_parameters(z_hat, ctx)
+        h, indexes = self._exact_hyper(z_hat)
         t = coding_tables()
         with stage("entropy"):
             values = RansDecoder().decode_with_indexes(
                 _guard(y_bytes, indexes.numel()), _as_list(indexes), t.rows, t.lengths_list, t.offsets_list
             )
-            symbols = np.fromiter(values, dtype=np.int32, count=indexes.numel())
-            symbols = torch.from_numpy(symbols).to(means.device).reshape(means.shape).float()
-        return symbols + means
+            symbols = torch.from_numpy(np.fromiter(values, dtype=np.int32, count=indexes.numel()))
+        return Parsed(z_hat, symbols.reshape(indexes.shape), h)
+
+    @torch.no_grad()
+    def reconstruct(self, parsed: Parsed, ctx: Tensor | None = None) -> Tensor:
+        """The decoded latent ``y_hat`` of a parse (made here or in another process)."""
+        h = parsed.hyper
+        if h is None:
+            h, _ = self._exact_hyper(parsed.z_hat.to(self.mean_head[0].weight.device))
+        means = self._coding_means(h, ctx)
+        return parsed.symbols.to(means.device).float() + means
+
+    def decompress(self, streams: list[bytes], latent_hw: tuple[int, int], ctx: Tensor | None = None) -> Tensor:
+        """Inverse of :meth:`compress` for a latent of spatial size ``latent_hw``."""
+        return self.reconstruct(self.parse(streams, latent_hw), ctx)
 
     def update(self) -> None:
         """Rebuild the factorized model's tables from its learned density (before export).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import os
+from collections import deque
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -20,6 +21,8 @@ from .codec import Decoder
 from .container import FrameType, Packet, StreamHeader, StreamReader
 from .errors import InputError, VideoIOError
 from .models import VideoModel
+from .parallel import ParsePool
+from .profiling import stage
 
 __all__ = ["Reader", "open"]
 
@@ -37,7 +40,11 @@ class Reader:
 
     def __init__(self, source: str | os.PathLike | BinaryIO, *,
                  model: str | VideoModel | None = None, device: str | torch.device = "cpu",
-                 precision: str = "fp32"):
+                 precision: str = "fp32", parse_workers: int = 0):
+        if parse_workers < 0:
+            raise InputError(f"parse_workers must be >= 0, got {parse_workers}")
+        self._parse_workers = parse_workers
+        self._pool: ParsePool | None = None
         if isinstance(source, (str, os.PathLike)):
             try:
                 self._file: BinaryIO | None = _open(source, "rb")
@@ -80,8 +87,32 @@ class Reader:
         return self.decoder.decode(packet)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        while (frame := self.read()) is not None:
-            yield frame
+        """The remaining frames; with ``parse_workers``, parsed ahead in other processes."""
+        if not self._parse_workers:
+            while (frame := self.read()) is not None:
+                yield frame
+            return
+        if self._pool is None:
+            self._pool = ParsePool(self.decoder.model, self._parse_workers)
+        ahead: deque[tuple[int, int]] = deque()  # (frame number, offset) of packets read, not yet yielded
+
+        def packets() -> Iterator[Packet]:
+            while True:
+                offset = self._stream.tell()
+                if (packet := self._stream.read_packet()) is None:
+                    return
+                ahead.append((packet.pts, offset))
+                yield packet
+
+        try:
+            for frame in self._pool.decode(self.decoder, packets()):
+                self._next = ahead.popleft()[0] + 1
+                with stage("convert"):
+                    yield frame.cpu().numpy()
+        finally:
+            if ahead:  # stopped early: the next read starts after the last frame yielded
+                self._next, offset = ahead[0]
+                self._stream.seek(offset)
 
     def index(self) -> list[tuple[int, int]]:
         """(frame number, byte offset) of every I-frame: the stream's own index, or a scan."""
@@ -136,6 +167,9 @@ class Reader:
         return self._next
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -148,6 +182,10 @@ class Reader:
 
 
 def open(source: str | os.PathLike | BinaryIO, *, model: str | VideoModel | None = None,
-         device: str | torch.device = "cpu", precision: str = "fp32") -> Reader:
-    """Open a .ncv stream for reading (header at once; the model loads on first decode)."""
-    return Reader(source, model=model, device=device, precision=precision)
+         device: str | torch.device = "cpu", precision: str = "fp32", parse_workers: int = 0) -> Reader:
+    """Open a .ncv stream for reading (header at once; the model loads on first decode).
+
+    ``parse_workers``: processes that entropy-decode ahead while iterating
+    (:mod:`neurocodec.parallel`); 0 decodes in this process only.
+    """
+    return Reader(source, model=model, device=device, precision=precision, parse_workers=parse_workers)

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import neurocodec
-from neurocodec import BitstreamError, FrameType, InputError, ModelMismatchError
+from neurocodec import BitstreamError, FrameType, InputError, ModelMismatchError, Packet
 from neurocodec.container import MAGIC, StreamReader, StreamWriter
+from neurocodec.parallel import ParsePool
 from neurocodec.synthetic import moving_pattern
 from neurocodec.zoo import load_model
 
@@ -123,6 +124,38 @@ def test_reader_seeks_to_every_frame(tiny_model, clip, tmp_path):
             np.testing.assert_array_equal(reader.read(), reference[n])
         with pytest.raises(InputError):
             reader.seek(len(clip) + 5)
+
+
+def test_parse_workers_decode_the_same_frames(tiny_model, clip, tmp_path):
+    """Frames parsed ahead in worker processes equal serial decoding, and an iteration
+    stopped early leaves the reader at the next unread frame, not at the parsed-ahead ones."""
+    path = tmp_path / "clip.ncv"
+    neurocodec.encode(clip, path, model=tiny_model, gop=3)
+    reference = neurocodec.decode(path, model=tiny_model)
+    np.testing.assert_array_equal(neurocodec.decode(path, model=tiny_model, parse_workers=2), reference)
+    with neurocodec.open(path, model=tiny_model, parse_workers=1) as reader:
+        frames = iter(reader)
+        next(frames), next(frames)
+        frames.close()
+        assert reader.tell() == 2
+        np.testing.assert_array_equal(reader.read(), reference[2])
+        np.testing.assert_array_equal(np.stack(list(reader)), reference[3:])
+        assert reader.tell() == len(clip)
+
+
+def test_parse_worker_errors_reach_the_caller(tiny_model, clip):
+    data = neurocodec.encode(clip[:2], model=tiny_model, gop=-1)
+    reader = StreamReader(io.BytesIO(data))
+    packets = list(reader)
+    bad = Packet(FrameType.P, 1, packets[1].quality_code, packets[1].streams[:3])  # a stream missing
+    decoder = neurocodec.Decoder(reader.header, model=tiny_model)
+    with ParsePool(tiny_model, workers=1) as pool:
+        frames = pool.decode(decoder, [packets[0], bad])
+        assert next(frames).shape == (40, 72, 3)
+        with pytest.raises(BitstreamError, match="2 coded streams"):
+            next(frames)
+    with pytest.raises(InputError):
+        ParsePool(tiny_model, workers=0)
 
 
 def test_live_stream_without_index_reads_and_seeks(tiny_model, clip):

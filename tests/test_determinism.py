@@ -108,3 +108,12 @@ def test_cuda_stream_decodes_on_cpu(tiny_model, clip):
     data = neurocodec.encode(clip, model=gpu_model, gop=-1, device="cuda", precision="fp16")
     _close(neurocodec.decode(data, model=tiny_model),
            neurocodec.decode(data, model=gpu_model, device="cuda", precision="fp16"))
+
+
+@cuda
+def test_cpu_worker_parses_decode_on_cuda_as_cuda_parses(tiny_model):
+    """Frame-parallel parsing: packets parsed on CPU workers reconstruct on the GPU to the same pixels."""
+    gpu_model = copy.deepcopy(tiny_model)
+    serial = neurocodec.decode(GOLDEN, model=gpu_model, device="cuda", precision="fp16")
+    assert np.array_equal(neurocodec.decode(GOLDEN, model=gpu_model, device="cuda", precision="fp16",
+                                            parse_workers=2), serial)

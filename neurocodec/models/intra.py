@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..entropy import Hyperprior
+from ..entropy import Hyperprior, Parsed
 from .layers import GainPair, analysis, synthesis
 
 
@@ -29,9 +29,15 @@ class IntraCoder(nn.Module):
         streams, y_hat = self.prior.compress(y)
         return streams, self._synthesize(y_hat, q)
 
+    def parse(self, streams: list[bytes], hw: tuple[int, int]) -> tuple[Parsed]:
+        """Entropy decoding alone (see :meth:`Hyperprior.parse`)."""
+        return (self.prior.parse(streams, (hw[0] // 16, hw[1] // 16)),)
+
+    def reconstruct(self, parsed: tuple[Parsed], q: Tensor) -> Tensor:
+        return self._synthesize(self.prior.reconstruct(parsed[0]), q)
+
     def decompress(self, streams: list[bytes], hw: tuple[int, int], q: Tensor) -> Tensor:
-        y_hat = self.prior.decompress(streams, (hw[0] // 16, hw[1] // 16))
-        return self._synthesize(y_hat, q)
+        return self.reconstruct(self.parse(streams, hw), q)
 
     def _synthesize(self, y_hat: Tensor, q: Tensor) -> Tensor:
         return self.g_s(y_hat * self.gain.inverse(q))

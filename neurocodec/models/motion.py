@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._compat import GDN
-from ..entropy import Hyperprior
+from ..entropy import Hyperprior, Parsed
 from ..profiling import stage
 from .layers import GainPair, analysis, conv, deconv, sampling_grid
 from .search import estimate_flow
@@ -102,9 +102,9 @@ class MotionCoder(nn.Module):
         streams, y_hat = self.prior.compress(self._analyse(x, ref, q, None))
         return streams, self._flow(y_hat, q)
 
-    def decompress(self, streams: list[bytes], hw: tuple[int, int], q: Tensor) -> Tensor:
-        y_hat = self.prior.decompress(streams, (hw[0] // 16, hw[1] // 16))
-        return self._flow(y_hat, q)
+    def reconstruct(self, parsed: Parsed, q: Tensor) -> Tensor:
+        """The decoded flow of a parsed motion latent."""
+        return self._flow(self.prior.reconstruct(parsed), q)
 
     def _flow(self, y_hat: Tensor, q: Tensor) -> Tensor:
         low = self.g_s(y_hat * self.gain.inverse(q))
