@@ -17,6 +17,9 @@ BUDGET=${BUDGET:-560}
 OUT=${OUT:-/tmp/gpu-session}
 CONFIG=${CONFIG:-training/configs/gpu.json}  # a tiny one and CUDA=0 make a dry run on CPU
 CUDA=${CUDA:-1}
+BENCH=${BENCH:-1}   # 0: no speed benchmark (the weights' architecture was benchmarked already)
+# step times of an earlier run on this GPU model spare the ~30 s probe
+TIMES=${TIMES:-}
 LOGS=/tmp/gpu-logs  # tarred into $OUT: a lease returns at most 8 files
 WRAP_UP=85          # seconds kept after training: export, drift of the new weights, packing
 mkdir -p "$OUT" "$LOGS"
@@ -41,21 +44,32 @@ stamp "frame cache of the packed training clips"
 python3 -c "from pathlib import Path; from training.data import build_cache, training_clips
 build_cache(training_clips(Path('.gpu/clips')), Path('data/cache-gpu'), workers=16)" > "$LOGS/cache.txt" 2>&1
 
-stamp "speed benchmark, GPU alone (eval.bench)"
-for p in fp16 bf16 fp32; do
-    if [ $p = fp16 ]; then sizes="640x360 1280x720 1920x1080"; limit=100; else sizes=1920x1080; limit=45; fi
-    timeout $limit python3 -m eval.bench --device cuda --precision $p --sizes $sizes --frames 16 --warmup 4 \
-        --out "$LOGS/bench-cuda-$p.json" > "$LOGS/bench-cuda-$p.txt" 2>&1
-done
+if [ "$BENCH" = 1 ]; then
+    stamp "speed benchmark, GPU alone (eval.bench): fp16, serial and with frame-parallel parsing"
+    # name precision parse-workers sizes...: fp16 is the fast GPU precision (bf16/fp32 measured 2026-11-26)
+    for run in "fp16 fp16 0 640x360 1280x720 1920x1080" "fp16-pw12 fp16 12 640x360 1280x720 1920x1080" \
+               "fp16-pw6 fp16 6 1920x1080"; do
+        set -- $run
+        name=$1 p=$2 pw=$3
+        shift 3
+        timeout 100 python3 -m eval.bench --device cuda --precision $p --parse-workers $pw --sizes "$@" \
+            --frames 48 --warmup 4 --out "$LOGS/bench-cuda-$name.json" > "$LOGS/bench-cuda-$name.txt" 2>&1
+        tail -4 "$LOGS/bench-cuda-$name.txt" | head -1
+    done
+fi
 pack
 
-stamp "probe: step time of each stage, steps fitted to the time left"
+if [ -z "$TIMES" ] && [ "$CUDA" = 1 ] && nvidia-smi -L | grep -q H200; then
+    TIMES=docs/results/gpu-h200-2026-11-26/train-run1-log.jsonl  # measured beside the same checks
+fi
+stamp "step times (${TIMES:-probe}), steps fitted to the time left"
 # on the H200 (2026-11-26) the probe took 33 s and the trainer 14 s to start; 10% margin for
 # the checks run beside it (that lease's 15% left 100 s of its 555 unused)
-SECONDS_FOR_STEPS=$(( ($(left) - WRAP_UP - 50) * 9 / 10 ))
+STARTUP=$([ -n "$TIMES" ] && echo 17 || echo 50)
+SECONDS_FOR_STEPS=$(( ($(left) - WRAP_UP - STARTUP) * 9 / 10 ))
 TRAIN_ARGS=(--init nc-starter --video-dir .gpu/clips --amp)
-python3 -m training.budget "$CONFIG" --seconds $SECONDS_FOR_STEPS \
-    --out training/configs/gpu-fitted.json -- "${TRAIN_ARGS[@]}" > "$LOGS/budget.txt" 2>&1
+python3 -m training.budget "$CONFIG" --seconds $SECONDS_FOR_STEPS --out training/configs/gpu-fitted.json \
+    ${TIMES:+--times "$TIMES"} -- "${TRAIN_ARGS[@]}" > "$LOGS/budget.txt" 2>&1
 cp training/configs/gpu-fitted.json "$LOGS/" 2>/dev/null
 tail -6 "$LOGS/budget.txt"
 
