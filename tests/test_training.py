@@ -63,6 +63,10 @@ def test_interrupted_run_resumes_exactly(setup):
     assert stopped["step"] == 23
     record = train.run_record(stopped)  # what a model card will say this run did
     assert record["stop_after"] == 23 and [s["steps"] for s in record["stages"]] == [23]
+    other = root / "other.json"
+    other.write_text(json.dumps({**json.loads(config.read_text()), "seed": 8}))
+    with pytest.raises(SystemExit, match="another config"):
+        train.main([str(other), "--out", str(root / "b")])  # would not be the run it resumes
     train.main([str(config), "--out", str(root / "b")])
     a = torch.load(root / "a" / "ckpt.pt", weights_only=False)["model"]
     b = torch.load(root / "b" / "ckpt.pt", weights_only=False)["model"]

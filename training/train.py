@@ -312,9 +312,15 @@ def main(argv: list[str] | None = None) -> None:
     cfg = TrainConfig.load(args.config)
     rank, world, device = setup_distributed(args.device)
     main_process = rank == 0
+    saved = args.out / "config.json"
+    if (args.out / "ckpt.pt").exists() and saved.exists() \
+            and json.loads(saved.read_text()) != json.loads(args.config.read_text()):
+        # a resumed run must keep its step counts and schedules, or it is not the run it was
+        raise SystemExit(f"{args.out} was started with another config: resume with {saved}, "
+                         f"or start a new run (--out)")
     if main_process:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "config.json").write_text(args.config.read_text())
+        saved.write_text(args.config.read_text())
     torch.set_num_threads(cfg.threads)
     torch.backends.cudnn.benchmark = device.startswith("cuda")  # fixed crop size: tuned kernels pay
     random.seed(cfg.seed + rank)
@@ -339,7 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     first_stage, step, elapsed, opt_state = 0, 0, 0.0, None
     history: list[dict] = []  # the runs this one started from (--init), for the model card
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # on the CPU first: RNG states must stay CPU ByteTensors (load_state_dict moves the rest)
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"], strict=False)
         aux_opt.load_state_dict(ck["aux_opt"])
         first_stage, step, elapsed, opt_state = ck["stage_idx"], ck["step"], ck["elapsed"], ck["opt"]
