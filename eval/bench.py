@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.model, device=device)
         results = []
         with contextlib.ExitStack() as stack:
-            pool = stack.enter_context(ParsePool(model, args.parse_workers)) if args.parse_workers else None
+            pool = stack.enter_context(ParsePool(args.parse_workers)) if args.parse_workers else None
             for w, h in args.sizes:
                 print(f"benchmarking {w}x{h}: {args.warmup} warm-up + {args.frames} frames on {device}...",
                       file=sys.stderr, flush=True)

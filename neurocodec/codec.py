@@ -38,7 +38,7 @@ from .container import (
     code_to_quality,
     quality_to_code,
 )
-from .entropy import Parsed
+from .entropy import Parsed, Pending
 from .errors import BitstreamError, InputError, ModelMismatchError
 from .io import probe, read_frames
 from .models import VideoModel, pad_to_stride, padded_size, to_reference
@@ -219,27 +219,30 @@ class Decoder:
         with stage("convert"):
             return frame.cpu().numpy()
 
-    def parse(self, packet: Packet) -> tuple[Parsed, ...]:
-        """The packet's entropy decoding alone: the serial, CPU-bound part of decoding.
+    def parse_tables(self, packet: Packet) -> tuple[Pending, ...]:
+        """The first half of the packet's entropy decoding: hyper-latents and table choice.
 
-        It needs no reference frame, so packets may be parsed ahead and in
-        other processes (:class:`~neurocodec.parallel.ParsePool`); pass the
-        result to :meth:`decode_tensor`.
+        Needs no reference frame, so packets may be parsed ahead; the second
+        half, :func:`~neurocodec.entropy.decode_symbols` (the serial rANS
+        work), may run in other processes (:class:`~neurocodec.parallel.ParsePool`).
         """
         coder = self.model.intra if packet.frame_type == FrameType.I else self.model.inter
-        with _payload_errors(packet), torch.inference_mode():
-            return coder.parse(list(packet.streams), self._padded_hw)
+        with payload_errors(packet), torch.inference_mode():
+            return coder.parse_tables(list(packet.streams), self._padded_hw)
 
     def decode_tensor(self, packet: Packet, parsed: tuple[Parsed, ...] | None = None) -> torch.Tensor:
         """The packet's frame as a uint8 tensor [H, W, 3] left on the decoder's device (for GPU pipelines).
 
-        ``parsed``: the packet's :meth:`parse`, if already done.
+        ``parsed``: the packet's parse, if already done (``Pending.complete``
+        of each of :meth:`parse_tables`).
         """
         if packet.frame_type != FrameType.I and self._ref is None:
             raise BitstreamError(f"P-frame {packet.pts} has no preceding I-frame to reference")
-        parsed = self.parse(packet) if parsed is None else parsed
+        if parsed is None:
+            with payload_errors(packet):
+                parsed = tuple(p.complete() for p in self.parse_tables(packet))
         q = torch.tensor([packet.quality], device=self.device)
-        with _payload_errors(packet), torch.inference_mode(), _autocast(self.device, self.precision):
+        with payload_errors(packet), torch.inference_mode(), _autocast(self.device, self.precision):
             if packet.frame_type == FrameType.I:
                 x_hat = self.model.intra.reconstruct(parsed, q)
             else:
@@ -250,7 +253,7 @@ class Decoder:
 
 
 @contextmanager
-def _payload_errors(packet: Packet) -> Iterator[None]:
+def payload_errors(packet: Packet) -> Iterator[None]:
     """What the entropy decoder or the transforms raise on a corrupt payload, as a BitstreamError."""
     try:
         yield

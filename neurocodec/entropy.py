@@ -40,7 +40,8 @@ from .errors import BitstreamError
 from .profiling import stage
 from .tables import SCALE_FRACTION_BITS, SCALE_TABLE, coding_tables
 
-__all__ = ["SCALE_TABLE", "ExactStack", "Hyperprior", "Parsed", "Relaxed", "scale_index", "ste_round"]
+__all__ = ["SCALE_TABLE", "ExactStack", "Hyperprior", "Parsed", "Pending", "Relaxed", "decode_symbols", "scale_index",
+           "ste_round"]
 
 #: Fraction bits of the exact path's fixed-point weights (activations carry
 #: SCALE_FRACTION_BITS).
@@ -157,9 +158,37 @@ class Parsed(NamedTuple):
 
     z_hat: Tensor  #: decoded hyper-latent [1, C, h/4, w/4] (integer symbols plus the medians)
     symbols: Tensor  #: int32 [1, M, h, w]: ``y_hat`` minus its means
-    #: exact hyper features (fixed point); None when parsed in another process,
-    #: where sending them would cost more than recomputing
-    hyper: Tensor | None = None
+    hyper: Tensor  #: exact hyper features (fixed point), input of the mean head
+
+
+class Pending(NamedTuple):
+    """A latent half parsed: its hyper-latent decoded and every element's table
+    chosen; its symbols still coded (:func:`decode_symbols` may run elsewhere)."""
+
+    z_hat: Tensor
+    hyper: Tensor
+    indexes: Tensor  #: int32 [1, M, h, w]: the table of each element
+    y_bytes: bytes
+
+    def complete(self, symbols: np.ndarray | None = None) -> Parsed:
+        """The parse, given the symbols decoded elsewhere, or decoding them here."""
+        if symbols is None:
+            symbols = decode_symbols(self.y_bytes, self.indexes.cpu().numpy())
+        return Parsed(self.z_hat, torch.from_numpy(symbols).reshape(self.indexes.shape), self.hyper)
+
+
+def decode_symbols(y_bytes: bytes, indexes: np.ndarray) -> np.ndarray:
+    """rANS-decode a latent's symbols (flat int32) given each element's table index.
+
+    The serial core of decoding. Needs only the shipped tables, no model and
+    no device, so it can run in any process (:mod:`neurocodec.parallel`).
+    """
+    t = coding_tables()
+    with stage("entropy"):
+        values = RansDecoder().decode_with_indexes(
+            _guard(y_bytes, indexes.size), indexes.ravel().tolist(), t.rows, t.lengths_list, t.offsets_list
+        )
+        return np.fromiter(values, dtype=np.int32, count=indexes.size)
 
 
 class Hyperprior(nn.Module):
@@ -260,10 +289,10 @@ class Hyperprior(nn.Module):
         return [y_bytes, z_bytes], symbols + means
 
     @torch.no_grad()
-    def parse(self, streams: list[bytes], latent_hw: tuple[int, int]) -> Parsed:
-        """Entropy-decode ``[y_bytes, z_bytes]`` for a latent of spatial size ``latent_hw``.
+    def parse_tables(self, streams: list[bytes], latent_hw: tuple[int, int]) -> Pending:
+        """Decode ``z`` from ``[y_bytes, z_bytes]`` and choose every element's table.
 
-        Needs no context: the table choice depends on ``z`` alone, so a parse
+        Needs no context: the table choice depends on ``z`` alone, so parsing
         may run before, or apart from, the reconstruction it feeds.
         """
         if len(streams) != 2:
@@ -273,26 +302,17 @@ class Hyperprior(nn.Module):
         with stage("entropy"):
             z_hat = self.z_model.decompress([_guard(z_bytes, self.z_model.channels * z_hw[0] * z_hw[1])], z_hw)
         h, indexes = self._exact_hyper(z_hat)
-        t = coding_tables()
-        with stage("entropy"):
-            values = RansDecoder().decode_with_indexes(
-                _guard(y_bytes, indexes.numel()), _as_list(indexes), t.rows, t.lengths_list, t.offsets_list
-            )
-            symbols = torch.from_numpy(np.fromiter(values, dtype=np.int32, count=indexes.numel()))
-        return Parsed(z_hat, symbols.reshape(indexes.shape), h)
+        return Pending(z_hat, h, indexes, y_bytes)
 
     @torch.no_grad()
     def reconstruct(self, parsed: Parsed, ctx: Tensor | None = None) -> Tensor:
-        """The decoded latent ``y_hat`` of a parse (made here or in another process)."""
-        h = parsed.hyper
-        if h is None:
-            h, _ = self._exact_hyper(parsed.z_hat.to(self.mean_head[0].weight.device))
-        means = self._coding_means(h, ctx)
+        """The decoded latent ``y_hat`` of a parse."""
+        means = self._coding_means(parsed.hyper, ctx)
         return parsed.symbols.to(means.device).float() + means
 
     def decompress(self, streams: list[bytes], latent_hw: tuple[int, int], ctx: Tensor | None = None) -> Tensor:
         """Inverse of :meth:`compress` for a latent of spatial size ``latent_hw``."""
-        return self.reconstruct(self.parse(streams, latent_hw), ctx)
+        return self.reconstruct(self.parse_tables(streams, latent_hw).complete(), ctx)
 
     def update(self) -> None:
         """Rebuild the factorized model's tables from its learned density (before export).

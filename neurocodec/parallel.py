@@ -1,29 +1,31 @@
-"""Frame-parallel parsing: entropy-decode packets ahead, in worker processes.
+"""Frame-parallel parsing: rANS-decode the next frames in worker processes.
 
 Why. rANS decoding is serial within a stream, and CompressAI's coder holds
 the GIL while it runs, so it uses one CPU core. Once the networks run on a
-GPU this is most of a frame's time (85 % at 1080p on an H200). But a
-packet's parse needs no reference frame: the table choice depends on its
-hyper-latent alone (:mod:`neurocodec.entropy`). So ``workers`` processes can
-parse the next frames while the main process reconstructs this one, like
+GPU it is most of a frame's time (86 % at 1080p on an H200). But parsing a
+packet needs no reference frame: the table of every element depends on its
+hyper-latent alone (:mod:`neurocodec.entropy`). So while the main process
+reconstructs frame ``t``, it decodes the small hyper-latents of the next
+frames and chooses their tables (on its own device, fast), and ``workers``
+processes run the rANS decoding of their latents (:func:`decode_symbols`,
+which needs only the shipped tables: the workers hold no model), like
 FFmpeg's frame threads with the reconstruction kept in order. Throughput
 grows with cores until the reconstruction is the limit; the latency of one
 frame does not shrink.
 
-Parses are exact integer work, so a frame decodes to the same pixels whether
-it was parsed here or in a worker. Workers are spawned (forking a process
-that runs CUDA or torch's thread pools is unsafe), so, as with any spawned
-``multiprocessing``, a script that uses them keeps its top-level code under
-``if __name__ == "__main__":``.
+rANS decoding is exact integer work, so a frame decodes to the same pixels
+whether its symbols were decoded here or in a worker. Workers are spawned
+(forking a process that runs CUDA or torch's thread pools is unsafe), so, as
+with any spawned ``multiprocessing``, a script that uses them keeps its
+top-level code under ``if __name__ == "__main__":``.
 
->>> with ParsePool(model, workers=4) as pool:          # doctest: +SKIP
+>>> with ParsePool(workers=4) as pool:                 # doctest: +SKIP
 ...     for frame in pool.decode(decoder, reader):   # uint8 [H, W, 3] tensors, in order
 ...         ...
 """
 
 from __future__ import annotations
 
-import copy
 import multiprocessing
 import os
 from collections import deque
@@ -31,13 +33,13 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+import numpy as np
 import torch
 
-from .codec import Decoder
-from .container import Packet, StreamHeader
-from .entropy import Hyperprior, Parsed
+from .codec import Decoder, payload_errors
+from .container import Packet
+from .entropy import Pending, decode_symbols
 from .errors import InputError, NeurocodecError
-from .models import VideoModel
 from .profiling import stage
 
 __all__ = ["ParsePool"]
@@ -46,76 +48,72 @@ __all__ = ["ParsePool"]
 #: main process waits on the oldest.
 LOOKAHEAD = 2
 
-# Worker-process state (set by _start).
-_model: VideoModel | None = None
-_decoders: dict[StreamHeader, Decoder] = {}
 
-
-def _start(model: VideoModel) -> None:
-    global _model
+def _start() -> None:
     torch.set_num_threads(1)  # one core per worker: the parallelism is across workers
-    _model = model
-
-
-def _parse(header: StreamHeader, packet: Packet) -> tuple[Parsed, ...]:
-    decoder = _decoders.get(header)
-    if decoder is None:
-        _decoders.clear()
-        decoder = _decoders[header] = Decoder(header, model=_model)
-    # the exact hyper features are large (float64 at latent size): cheaper to recompute than to send
-    return tuple(p._replace(hyper=None) for p in decoder.parse(packet))
 
 
 class ParsePool:
-    """``workers`` processes that entropy-decode packets for decoders of ``model``.
+    """``workers`` processes that rANS-decode latents for any :class:`Decoder`.
 
-    Start-up costs each worker an interpreter and a copy of the model (about
-    a second): make one pool and keep it for many streams.
+    Start-up costs each worker an interpreter (about a second): make one pool
+    and keep it for many streams.
     """
 
-    def __init__(self, model: VideoModel, workers: int):
+    def __init__(self, workers: int):
         if workers < 1:
             raise InputError(f"a parse pool needs at least 1 worker, got {workers}")
-        cpu_model = copy.deepcopy(model).cpu()
-        for m in cpu_model.modules():
-            if isinstance(m, Hyperprior):
-                m._exact = None  # device-bound caches; rebuilt on the worker's CPU
         self.workers = workers
-        # spawn, not fork: forking a process that has started CUDA or torch's thread pools is unsafe
         self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_start, initargs=(cpu_model,))
+                                         initializer=_start)
         # start every worker now, not on the first frames (which would stall behind their start-up)
         for future in [self._pool.submit(os.getpid) for _ in range(workers)]:
             future.result()
 
     def decode(self, decoder: Decoder, packets: Iterable[Packet]) -> Iterator[torch.Tensor]:
         """Frames of ``packets`` (uint8 [H, W, 3] on the decoder's device), in order, parsed ahead."""
-        pending: deque[tuple[Packet, Future]] = deque()
+        # a packet, then its tables and symbol futures, or the error its parse raised (raised in turn)
+        pending: deque[tuple[Packet, tuple[Pending, ...] | NeurocodecError, list[Future]]] = deque()
         source = iter(packets)
 
         def submit() -> None:
             packet = next(source, None)
-            if packet is not None:
-                pending.append((packet, self._pool.submit(_parse, decoder.header, packet)))
+            if packet is None:
+                return
+            try:
+                tables = decoder.parse_tables(packet)
+            except NeurocodecError as e:
+                pending.append((packet, e, []))
+                return
+            futures = [self._pool.submit(decode_symbols, t.y_bytes, t.indexes.to(torch.uint8).cpu().numpy())
+                       for t in tables]  # uint8: 64 tables; a quarter of the bytes to send
+            pending.append((packet, tables, futures))
 
         for _ in range(LOOKAHEAD * self.workers):
             submit()
         try:
             while pending:
-                packet, future = pending.popleft()
+                packet, tables, futures = pending.popleft()
                 submit()
-                with stage("entropy"):  # what the reconstruction waits for
-                    try:
-                        parsed = future.result()
-                    except BrokenProcessPool as e:
-                        raise NeurocodecError(
-                            f"frame {packet.pts}: a parse worker died ({e}). Workers start by importing "
-                            "the main module: a script's top-level code must be under "
-                            "`if __name__ == '__main__':`") from e
-                yield decoder.decode_tensor(packet, parsed)
+                if isinstance(tables, NeurocodecError):
+                    raise tables
+                with stage("entropy"), payload_errors(packet):  # what the reconstruction waits for
+                    symbols = [self._result(packet, f) for f in futures]
+                yield decoder.decode_tensor(packet, tuple(t.complete(s) for t, s in zip(tables, symbols,
+                                                                                        strict=True)))
         finally:
-            for _, future in pending:
-                future.cancel()
+            for _, _, futures in pending:
+                for future in futures:
+                    future.cancel()
+
+    @staticmethod
+    def _result(packet: Packet, future: Future) -> np.ndarray:
+        try:
+            return future.result()
+        except BrokenProcessPool as e:  # before payload_errors sees it: it is a RuntimeError
+            raise NeurocodecError(
+                f"frame {packet.pts}: a parse worker died ({e}). Workers start by importing the main "
+                "module: a script's top-level code must be under `if __name__ == '__main__':`") from e
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -93,7 +93,7 @@ class Reader:
                 yield frame
             return
         if self._pool is None:
-            self._pool = ParsePool(self.decoder.model, self._parse_workers)
+            self._pool = ParsePool(self._parse_workers)
         ahead: deque[tuple[int, int]] = deque()  # (frame number, offset) of packets read, not yet yielded
 
         def packets() -> Iterator[Packet]:

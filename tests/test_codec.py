@@ -149,13 +149,13 @@ def test_parse_worker_errors_reach_the_caller(tiny_model, clip):
     packets = list(reader)
     bad = Packet(FrameType.P, 1, packets[1].quality_code, packets[1].streams[:3])  # a stream missing
     decoder = neurocodec.Decoder(reader.header, model=tiny_model)
-    with ParsePool(tiny_model, workers=1) as pool:
+    with ParsePool(workers=1) as pool:
         frames = pool.decode(decoder, [packets[0], bad])
         assert next(frames).shape == (40, 72, 3)
         with pytest.raises(BitstreamError, match="2 coded streams"):
             next(frames)
     with pytest.raises(InputError):
-        ParsePool(tiny_model, workers=0)
+        ParsePool(workers=0)
 
 
 def test_live_stream_without_index_reads_and_seeks(tiny_model, clip):

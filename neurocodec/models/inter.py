@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..entropy import Hyperprior, Parsed
+from ..entropy import Hyperprior, Parsed, Pending
 from .layers import GainPair, analysis, conv, synthesis
 from .motion import MotionCoder, warp
 
@@ -71,10 +71,10 @@ class InterCoder(nn.Module):
         streams, y_hat = self.prior.compress(y, self.context(pred))
         return motion_streams + streams, self._reconstruct(y_hat, pred, q)
 
-    def parse(self, streams: list[bytes], hw: tuple[int, int]) -> tuple[Parsed, Parsed]:
-        """Entropy decoding alone (motion, then residual latent): needs no reference frame."""
+    def parse_tables(self, streams: list[bytes], hw: tuple[int, int]) -> tuple[Pending, Pending]:
+        """The first half of entropy decoding (motion, then residual latent): needs no reference frame."""
         latent_hw = (hw[0] // 16, hw[1] // 16)
-        return self.motion.prior.parse(streams[:2], latent_hw), self.prior.parse(streams[2:], latent_hw)
+        return self.motion.prior.parse_tables(streams[:2], latent_hw), self.prior.parse_tables(streams[2:], latent_hw)
 
     def reconstruct(self, parsed: tuple[Parsed, Parsed], ref: Tensor, q: Tensor) -> Tensor:
         pred = warp(ref, self.motion.reconstruct(parsed[0], q))
@@ -82,7 +82,8 @@ class InterCoder(nn.Module):
         return self._reconstruct(y_hat, pred, q)
 
     def decompress(self, streams: list[bytes], ref: Tensor, q: Tensor) -> Tensor:
-        return self.reconstruct(self.parse(streams, tuple(ref.shape[-2:])), ref, q)
+        parsed = tuple(p.complete() for p in self.parse_tables(streams, tuple(ref.shape[-2:])))
+        return self.reconstruct(parsed, ref, q)
 
     def _reconstruct(self, y_hat: Tensor, pred: Tensor, q: Tensor) -> Tensor:
         feat = self.g_s(y_hat * self.gain.inverse(q))

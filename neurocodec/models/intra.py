@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..entropy import Hyperprior, Parsed
+from ..entropy import Hyperprior, Parsed, Pending
 from .layers import GainPair, analysis, synthesis
 
 
@@ -29,15 +29,15 @@ class IntraCoder(nn.Module):
         streams, y_hat = self.prior.compress(y)
         return streams, self._synthesize(y_hat, q)
 
-    def parse(self, streams: list[bytes], hw: tuple[int, int]) -> tuple[Parsed]:
-        """Entropy decoding alone (see :meth:`Hyperprior.parse`)."""
-        return (self.prior.parse(streams, (hw[0] // 16, hw[1] // 16)),)
+    def parse_tables(self, streams: list[bytes], hw: tuple[int, int]) -> tuple[Pending]:
+        """The first half of entropy decoding (see :meth:`Hyperprior.parse_tables`)."""
+        return (self.prior.parse_tables(streams, (hw[0] // 16, hw[1] // 16)),)
 
     def reconstruct(self, parsed: tuple[Parsed], q: Tensor) -> Tensor:
         return self._synthesize(self.prior.reconstruct(parsed[0]), q)
 
     def decompress(self, streams: list[bytes], hw: tuple[int, int], q: Tensor) -> Tensor:
-        return self.reconstruct(self.parse(streams, hw), q)
+        return self.reconstruct(tuple(p.complete() for p in self.parse_tables(streams, hw)), q)
 
     def _synthesize(self, y_hat: Tensor, q: Tensor) -> Tensor:
         return self.g_s(y_hat * self.gain.inverse(q))
