@@ -28,6 +28,11 @@ Stages (summed per frame, from :mod:`neurocodec.profiling`'s marks in the codec)
 * ``network``: everything else in the encode/decode call: the analysis and
   synthesis transforms, the float mean path, motion and warping.
 
+With ``--parse-workers N`` the decoder rANS-decodes the next packets in N
+processes (:mod:`neurocodec.parallel`): a frame's time is then the time
+between two frames out, and ``entropy`` is what the main process still
+spends on entropy coding (the hyper-latents) plus its wait for the workers.
+
 On CUDA the marks synchronise before and after each stage so that queued
 kernels are charged to the stage that launched them; this adds a few
 synchronisations per frame (the real pipeline syncs anyway when the rANS

@@ -103,13 +103,17 @@ def decode(
         help="Weights to decode with (name or .safetensors); default: the model the stream names.")] = None,
     device: Device = "cpu",
     precision: Precision = "fp32",
+    parse_workers: Annotated[int, typer.Option(
+        min=0, help="Processes that entropy-decode the next frames while this one is reconstructed "
+                    "(pays with a GPU and spare CPU cores).")] = 0,
     overwrite: Overwrite = False,
 ) -> None:
     """Decode a .ncv stream to a video file or a folder of PNG frames."""
     io.output_kind(output)
     _check_output(output, overwrite)
     t0 = time.perf_counter()
-    with open_stream(input, model=model, device=device, precision=precision) as reader:
+    with open_stream(input, model=model, device=device, precision=precision,
+                     parse_workers=parse_workers) as reader:
         h = reader.header
         with _progress("decoding", h.frame_count) as advance, \
                 io.VideoWriter(output, h.width, h.height, h.fps) as writer:

@@ -42,6 +42,8 @@ def test_encode_info_decode_round_trip(source, tmp_path):
     run("decode", str(ncv), str(y4m))
     frames = np.stack(list(read_frames(y4m)))
     assert frames.shape == (5, 64, 96, 3)
+    run("decode", str(ncv), str(tmp_path / "pw.y4m"), "--parse-workers", "2")
+    np.testing.assert_array_equal(np.stack(list(read_frames(tmp_path / "pw.y4m"))), frames)
 
 
 def test_decode_to_png_folder_and_mp4_with_a_model_file(tmp_path):
