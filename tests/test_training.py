@@ -170,7 +170,8 @@ def test_init_from_shipped_weights_carries_their_history(setup, tiny_model, tmp_
     train.main([str(config), "--out", str(run), "--init", str(shipped), "--stop-after", "1"])
     ck = torch.load(run / "ckpt.pt", weights_only=False)
     assert ck["history"] == history and ck["init"] == str(shipped)
-    weights, _ = train.parent_of(str(shipped))
+    weights, _, digest = train.parent_of(str(shipped))
+    assert ck["init_hash"] == digest == load_model(shipped).weight_hash
     parent = load_model(shipped).state_dict()
     key = "intra.g_s.0.weight"
     assert torch.equal(weights[key], parent[key])

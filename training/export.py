@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"- weights: `{path.name}`, {path.stat().st_size / 2**20:.1f} MiB, weight hash `{digest}`",
         f"- architecture: {params / 1e6:.2f} M parameters, config `{model.config.to_json()}`",
-        f"- training: {total_min:.0f} min of training steps in {len(runs)} run(s), "
-        f"batch {cfg['batch']} of {cfg['crop']}x{cfg['crop']} crops",
+        f"- training: {total_min:.0f} min of training steps in {len(runs)} run(s)",
         f"- training data: {len(clips)} clips of `../shared/video`: {', '.join(clips)}",
         f"- held out (never trained on): {', '.join(VALIDATION_CLIPS)}",
         "",
@@ -65,9 +64,11 @@ def main(argv: list[str] | None = None) -> None:
         video_dir = run.get("video_dir", TrainConfig.video_dir)
         data = f" --video-dir {video_dir}" if video_dir != TrainConfig.video_dir else ""
         amp = " --amp" if run.get("amp") else ""
+        parent = f", `{run['init']}` being weights {run['init_hash']}" if run.get("init_hash") else ""
+        batch = f", batch {run['batch']} of {run['crop']}x{run['crop']}" if run.get("batch") else ""
         card.append(f"{k + 1}. `python -m training.train {run['config_path']} --out runs/{args.name}-{k}"
                     f"{init}{stop}{data}{amp}` "
-                    f"({run['elapsed'] / 60:.0f} min on {run['hardware']}):")
+                    f"({run['elapsed'] / 60:.0f} min on {run['hardware']}{batch}{parent}):")
         card += [f"   - {s['name']}: {s['steps']} steps, {s['frames']} frames per sequence, lr {s['lr']}"
                  + (f", lambda x{s['lambda_scale']:g}" if s.get("lambda_scale", 1.0) != 1.0 else "")
                  + (f", drift {s['drift']:g}" if s.get("drift") else "")

@@ -236,11 +236,14 @@ def run_record(ck: dict) -> dict:
     stopped = sum(s["steps"] for s in done) if idx < len(stages) else None
     return {"config_path": ck.get("config_path"), "stages": done, "stop_after": stopped,
             "elapsed": ck["elapsed"], "hardware": ck.get("hardware", ""), "amp": ck.get("amp", False),
-            "init": ck.get("init"), "video_dir": ck.get("video_dir", ck["config"].get("video_dir"))}
+            "init": ck.get("init"), "init_hash": ck.get("init_hash"),
+            "video_dir": ck.get("video_dir", ck["config"].get("video_dir")),
+            "batch": ck["config"].get("batch"), "crop": ck["config"].get("crop")}
 
 
-def parent_of(init: str) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """Model weights and run history (for the model card) that ``--init`` names.
+def parent_of(init: str) -> tuple[dict[str, torch.Tensor], list[dict], str | None]:
+    """Model weights, run history (for the model card) and, for shipped weights, their hash, that
+    ``--init`` names (a model name says which weights only until new ones replace them).
 
     A run's checkpoint (``.pt``), or shipped weights: those carry their
     history in the file and need no checkpoint, which is what a leased GPU
@@ -250,12 +253,12 @@ def parent_of(init: str) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """
     if Path(init).suffix == ".pt":
         parent = torch.load(init, map_location="cpu", weights_only=False)
-        return parent["model"], parent.get("history", []) + [run_record(parent)]
+        return parent["model"], parent.get("history", []) + [run_record(parent)], None
     shipped = load_model(init)
     weights = {k: v for k, v in shipped.state_dict().items() if k.rsplit(".", 1)[-1] not in TABLE_BUFFERS}
     fresh = VideoModel(shipped.config).state_dict()
     weights.update({k: v for k, v in fresh.items() if k.rsplit(".", 1)[-1] in TABLE_BUFFERS})
-    return weights, shipped.history
+    return weights, shipped.history, shipped.weight_hash
 
 
 def save(path: Path, state: dict) -> None:
@@ -344,13 +347,14 @@ def main(argv: list[str] | None = None) -> None:
     ckpt_path = args.out / "ckpt.pt"
     first_stage, step, elapsed, opt_state = 0, 0, 0.0, None
     history: list[dict] = []  # the runs this one started from (--init), for the model card
+    init_hash: str | None = None  # weight hash of shipped weights named by --init
     if ckpt_path.exists():
         # on the CPU first: RNG states must stay CPU ByteTensors (load_state_dict moves the rest)
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"], strict=False)
         aux_opt.load_state_dict(ck["aux_opt"])
         first_stage, step, elapsed, opt_state = ck["stage_idx"], ck["step"], ck["elapsed"], ck["opt"]
-        history = ck.get("history", [])
+        history, init_hash = ck.get("history", []), ck.get("init_hash")
         sampler.rng.bit_generator.state = ck["sampler"][rank]
         torch.set_rng_state(ck["rng"][rank]["cpu"])
         if "cuda" in ck["rng"][rank]:
@@ -358,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         if main_process:
             print(f"resumed at stage {first_stage} step {step}")
     elif args.init is not None:
-        weights, history = parent_of(args.init)
+        weights, history, init_hash = parent_of(args.init)
         model.load_state_dict(widened(weights, model.state_dict()))
         if main_process:
             print(f"initialized from {args.init}")
@@ -419,6 +423,7 @@ def main(argv: list[str] | None = None) -> None:
                         "step": 0 if done else step + 1, "elapsed": elapsed, "sampler": samplers, "rng": rngs,
                         "config": json.loads(args.config.read_text()), "config_path": str(args.config),
                         "history": history, "hardware": hardware, "amp": args.amp, "init": args.init,
+                        "init_hash": init_hash,
                         "video_dir": str(args.video_dir or cfg.video_dir),
                     })
             if steps_left == 0:
