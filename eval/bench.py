@@ -1,7 +1,7 @@
 """Speed and memory benchmark: encode/decode fps, per-frame latency, per-stage times, peak memory.
 
 ``python -m eval.bench [--sizes 640x360 1280x720 1920x1080] [--frames 8] [--warmup 2]
-[--device cpu|cuda] [--model nc-starter] [--threads N] [--parse-workers N] [--quality 0.5] [--gop 32]
+[--device cpu|cuda] [--model nc-starter] [--threads N] [--entropy-workers N] [--quality 0.5] [--gop 32]
 [--out bench.json]``
 
 Content: :func:`neurocodec.synthetic.demo_clip` at each size (photographic,
@@ -28,10 +28,12 @@ Stages (summed per frame, from :mod:`neurocodec.profiling`'s marks in the codec)
 * ``network``: everything else in the encode/decode call: the analysis and
   synthesis transforms, the float mean path, motion and warping.
 
-With ``--parse-workers N`` the decoder rANS-decodes the next packets in N
-processes (:mod:`neurocodec.parallel`): a frame's time is then the time
-between two frames out, and ``entropy`` is what the main process still
-spends on entropy coding (the hyper-latents) plus its wait for the workers.
+With ``--entropy-workers N`` the rANS coding of the latents runs in N
+processes (:mod:`neurocodec.parallel`) while the main process works on other
+frames: ``entropy`` is then what the main process still spends on entropy
+coding (the hyper-latents) plus its waits for the workers; a decoded frame's
+time is the time between two frames out, and the encoder's flush is counted
+in its last frame.
 
 On CUDA the marks synchronise before and after each stage so that queued
 kernels are charged to the stage that launched them; this adds a few
@@ -63,7 +65,7 @@ from neurocodec.codec import PRECISIONS
 from neurocodec.errors import NeurocodecError
 from neurocodec.metrics import bits_per_pixel
 from neurocodec.models import VideoModel
-from neurocodec.parallel import ParsePool
+from neurocodec.parallel import EntropyPool
 from neurocodec.profiling import Profile, profile, stage
 from neurocodec.synthetic import demo_clip
 
@@ -73,29 +75,33 @@ _STAGES = ("network", "search", "entropy", "exact", "io")
 
 
 def _encode(frames: np.ndarray, model: VideoModel, timer: Profile, quality: float, gop: int,
-            device: torch.device, precision: str) -> tuple[bytes, list[dict[str, Any]]]:
-    """Encode into an in-memory .ncv; per-frame ``{type, total, <stage>}`` in ms."""
+            device: torch.device, precision: str, pool: EntropyPool | None) -> tuple[bytes, list[dict[str, Any]]]:
+    """Encode into an in-memory .ncv; per-frame ``{type, total, <stage>}`` in ms (with a pool, the last
+    frame's row includes the flush)."""
     h, w = frames.shape[1:3]
     enc = Encoder(w, h, model=model, quality=quality, gop=gop, frame_count=len(frames), device=device,
-                  precision=precision)
+                  precision=precision, pool=pool)
     buf, rows = io.BytesIO(), []
     with StreamWriter(buf, enc.header) as writer:
-        for frame in frames:
+        for k, frame in enumerate(frames):
             timer.reset()
             sync(device)
             t0 = time.perf_counter()
             packets = enc.encode(frame)
+            if k == len(frames) - 1:
+                packets += enc.encode(None)
             sync(device)
             t1 = time.perf_counter()
             for p in packets:
                 writer.write(p)
             t2 = time.perf_counter()
-            rows.append(_row(packets[0].frame_type.name, t0, t1, t2, timer, serial=t2 - t1))
+            ftype = "I" if k == 0 or (gop > 0 and k % gop == 0) else "P"
+            rows.append(_row(ftype, t0, t1, t2, timer, serial=t2 - t1))
     return buf.getvalue(), rows
 
 
 def _decode(data: bytes, model: VideoModel, timer: Profile, device: torch.device,
-            precision: str, pool: ParsePool | None) -> list[dict[str, Any]]:
+            precision: str, pool: EntropyPool | None) -> list[dict[str, Any]]:
     rows = []
     reader = StreamReader(io.BytesIO(data))
     dec = Decoder(reader.header, model=model, device=device, precision=precision)
@@ -114,7 +120,7 @@ def _decode(data: bytes, model: VideoModel, timer: Profile, device: torch.device
         rows.append(_row(packet.frame_type.name, t1, t2, t2, timer, serial=t1 - t0))
 
 
-def _decode_pipelined(reader: StreamReader, dec: Decoder, pool: ParsePool, timer: Profile,
+def _decode_pipelined(reader: StreamReader, dec: Decoder, pool: EntropyPool, timer: Profile,
                       device: torch.device) -> list[dict[str, Any]]:
     """As :func:`_decode`, packets parsed ahead by ``pool``: a frame's time is the time between two
     frames out; ``entropy`` is the wait for a parse; container parsing is inside the frame time."""
@@ -167,21 +173,21 @@ def _summarise(rows: list[dict[str, Any]], warm: list[dict[str, Any]], wall_s: f
 
 def bench_size(model: VideoModel, width: int, height: int, *, frames: int, warmup: int, quality: float,
                gop: int, device: torch.device, precision: str = "fp32",
-               pool: ParsePool | None = None) -> dict[str, Any]:
+               pool: EntropyPool | None = None) -> dict[str, Any]:
     """Warm up, then time encoding and decoding ``frames`` frames of the demo clip at one size.
 
-    ``pool``: decode with packets parsed ahead in its worker processes.
+    ``pool``: run the rANS coding in its worker processes (encode and decode).
     """
     clip = demo_clip(width, height, warmup + frames)
     with profile(device) as timer:
         warm_enc: list[dict[str, Any]] = []
         warm_dec: list[dict[str, Any]] = []
         if warmup:
-            warm_data, warm_enc = _encode(clip[:warmup], model, timer, quality, gop, device, precision)
+            warm_data, warm_enc = _encode(clip[:warmup], model, timer, quality, gop, device, precision, pool)
             warm_dec = _decode(warm_data, model, timer, device, precision, pool)
         with PeakMemory(device) as mem_enc:
             t0 = time.perf_counter()
-            data, enc_rows = _encode(clip[warmup:], model, timer, quality, gop, device, precision)
+            data, enc_rows = _encode(clip[warmup:], model, timer, quality, gop, device, precision, pool)
             enc_s = time.perf_counter() - t0
         with PeakMemory(device) as mem_dec:
             t0 = time.perf_counter()
@@ -229,14 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                     help="arithmetic of the transforms (bf16: fast on recent CPUs; fp16: GPUs)")
-    ap.add_argument("--parse-workers", type=int, default=0,
-                    help="decode with packets entropy-decoded ahead by N processes (neurocodec.parallel)")
+    ap.add_argument("--entropy-workers", type=int, default=0,
+                    help="rANS coding in N worker processes, beside the networks (neurocodec.parallel)")
     ap.add_argument("--quality", type=float, default=0.5)
     ap.add_argument("--gop", type=int, default=32, help="intra period; -1: only the first frame is intra")
     ap.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON results file")
     args = ap.parse_args(argv)
-    if args.frames < 1 or args.warmup < 0 or args.parse_workers < 0:
-        ap.error("--frames must be >= 1, --warmup and --parse-workers >= 0")
+    if args.frames < 1 or args.warmup < 0 or args.entropy_workers < 0:
+        ap.error("--frames must be >= 1, --warmup and --entropy-workers >= 0")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print(f"CUDA requested but not available (torch {torch.__version__}, built with CUDA "
@@ -248,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.model, device=device)
         results = []
         with contextlib.ExitStack() as stack:
-            pool = stack.enter_context(ParsePool(args.parse_workers)) if args.parse_workers else None
+            pool = stack.enter_context(EntropyPool(args.entropy_workers)) if args.entropy_workers else None
             for w, h in args.sizes:
                 print(f"benchmarking {w}x{h}: {args.warmup} warm-up + {args.frames} frames on {device}...",
                       file=sys.stderr, flush=True)
@@ -260,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     report = {"environment": environment(device), "model": getattr(model, "name", args.model),
               "weight_hash": getattr(model, "weight_hash", None), "quality": args.quality, "gop": args.gop,
-              "precision": args.precision, "parse_workers": args.parse_workers,
+              "precision": args.precision, "entropy_workers": args.entropy_workers,
               "content": "neurocodec.synthetic.demo_clip", "results": results}
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     from rich.console import Console
@@ -269,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(_table(results, device.type == "cuda"))
     console.print(f"net/search/ent/exact/io = network / motion search / entropy coding / exact entropy parameters / "
                   f"conversion+serialisation share of frame time ({args.precision}); "
-                  f"torch threads {torch.get_num_threads()}, parse workers {args.parse_workers}; details in {args.out}")
+                  f"torch threads {torch.get_num_threads()}, entropy workers {args.entropy_workers}; "
+                  f"details in {args.out}")
     return 0
 
 

@@ -2,5 +2,5 @@
 
 from .cli import main
 
-if __name__ == "__main__":  # parse workers are spawned and import the main module
+if __name__ == "__main__":  # entropy workers are spawned and import the main module
     main()

@@ -40,6 +40,9 @@ Precision = Annotated[str, typer.Option(
     help="Arithmetic of the transforms: fp32, bf16 (faster on CPUs with bfloat16 support) or fp16 (GPUs). "
          "Any precision decodes any stream.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", "-y", help="Replace OUTPUT if it exists.")]
+EntropyWorkers = Annotated[int, typer.Option(
+    min=0, help="Processes that run the rANS coding of some frames while the networks work on others "
+                "(pays with a GPU and spare CPU cores; same bytes, same frames).")]
 
 
 @contextmanager
@@ -69,6 +72,7 @@ def encode(
     model: Annotated[str, typer.Option(help="Registered model name or a .safetensors file.")] = zoo.DEFAULT_MODEL,
     device: Device = "cpu",
     precision: Precision = "fp32",
+    entropy_workers: EntropyWorkers = 0,
     overwrite: Overwrite = False,
 ) -> None:
     """Encode a video file to a .ncv stream."""
@@ -87,7 +91,8 @@ def encode(
     t0 = time.perf_counter()
     with _progress("encoding", total) as advance:
         codec.encode(input, output, model=model, quality=quality, gop=gop, max_frames=frames,
-                     device=device, precision=precision, progress=advance_and_count)
+                     device=device, precision=precision, progress=advance_and_count,
+                     entropy_workers=entropy_workers)
     seconds, nbytes = time.perf_counter() - t0, output.stat().st_size
     bpp = metrics.bits_per_pixel(nbytes, info.width, info.height, count)
     out.print(f"encoded {count} frames {info.width}x{info.height} to {output}: {nbytes:,} bytes, "
@@ -103,9 +108,7 @@ def decode(
         help="Weights to decode with (name or .safetensors); default: the model the stream names.")] = None,
     device: Device = "cpu",
     precision: Precision = "fp32",
-    parse_workers: Annotated[int, typer.Option(
-        min=0, help="Processes that entropy-decode the next frames while this one is reconstructed "
-                    "(pays with a GPU and spare CPU cores).")] = 0,
+    entropy_workers: EntropyWorkers = 0,
     overwrite: Overwrite = False,
 ) -> None:
     """Decode a .ncv stream to a video file or a folder of PNG frames."""
@@ -113,7 +116,7 @@ def decode(
     _check_output(output, overwrite)
     t0 = time.perf_counter()
     with open_stream(input, model=model, device=device, precision=precision,
-                     parse_workers=parse_workers) as reader:
+                     entropy_workers=entropy_workers) as reader:
         h = reader.header
         with _progress("decoding", h.frame_count) as advance, \
                 io.VideoWriter(output, h.width, h.height, h.fps) as writer:

@@ -17,15 +17,18 @@ for bit.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import os
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
@@ -38,12 +41,15 @@ from .container import (
     code_to_quality,
     quality_to_code,
 )
-from .entropy import Parsed, Pending
+from .entropy import Coded, Parsed, Pending
 from .errors import BitstreamError, InputError, ModelMismatchError
 from .io import probe, read_frames
 from .models import VideoModel, pad_to_stride, padded_size, to_reference
 from .profiling import stage
 from .zoo import DEFAULT_MODEL, load_model, model_identity, torch_device
+
+if TYPE_CHECKING:
+    from .parallel import EntropyPool
 
 __all__ = ["Encoder", "Decoder", "Frame", "PRECISIONS", "encode", "decode", "atomic_output"]
 
@@ -116,7 +122,12 @@ class Encoder:
 
     >>> enc = Encoder(640, 360, quality=0.5)            # doctest: +SKIP
     >>> packets = enc.encode(frame)  # one packet per frame, returned at once
-    >>> enc.encode(None)             # flush: low-delay coding holds nothing back
+    >>> enc.encode(None)             # flush: nothing held back, unless a pool codes the rANS
+
+    With a ``pool`` (:class:`~neurocodec.parallel.EntropyPool`), the rANS
+    coding of each frame runs in its worker processes while the next frames
+    go through the networks; packets then come out a few frames late, in
+    order, with the same bytes.
     """
 
     def __init__(
@@ -131,12 +142,17 @@ class Encoder:
         frame_count: int | None = None,
         device: str | torch.device = "cpu",
         precision: str = "fp32",
+        pool: EntropyPool | None = None,
     ):
         self.device = torch_device(device)
         _autocast(self.device, precision)  # validates
         self.precision = precision
         self.model = _resolve_model(model, self.device)
         name, digest = model_identity(self.model)
+        #: rANS-encodes in its worker processes: packets then come out a few frames late
+        self.pool = pool
+        #: frames whose y streams are being coded by the pool: (packet type, pts, quality code, latents, futures)
+        self._coding: deque[tuple[FrameType, int, int, tuple[Coded, ...], list[Future]]] = deque()
         self._quality_code = quality_to_code(quality)
         fps = Fraction(fps)
         if max(fps.numerator, fps.denominator) > 1_000_000:  # a float like 29.97: the nearest video rate
@@ -158,9 +174,13 @@ class Encoder:
         return None if self._ref is None else tensor_to_frame(self._ref, self.header.width, self.header.height)
 
     def encode(self, frame: Frame | None, *, quality: float | None = None) -> list[Packet]:
-        """Code one frame; ``quality`` overrides the stream's for this frame (rate control)."""
+        """Code one frame; ``quality`` overrides the stream's for this frame (rate control).
+
+        Returns the frame's packet, or with a :attr:`pool` the packets finished
+        so far, in order; ``None`` flushes (waits for every packet).
+        """
         if frame is None:
-            return []
+            return self._finished(flush=True)
         h = self.header
         with stage("convert"):
             x = pad_to_stride(frame_to_tensor(frame, h.width, h.height, self.device))
@@ -169,13 +189,31 @@ class Encoder:
         intra = self._ref is None or (h.gop > 0 and self._pts % h.gop == 0)
         with torch.inference_mode(), _autocast(self.device, self.precision):
             if intra:
-                streams, x_hat = self.model.intra.compress(x, q)
+                coded, x_hat = self.model.intra.compress(x, q)
             else:
-                streams, x_hat = self.model.inter.compress(x, self._ref, q)
+                coded, x_hat = self.model.inter.compress(x, self._ref, q)
         self._ref = to_reference(x_hat.float())
-        packet = Packet(FrameType.I if intra else FrameType.P, self._pts, code, tuple(streams))
+        ftype, pts = FrameType.I if intra else FrameType.P, self._pts
         self._pts += 1
-        return [packet]
+        if self.pool is None:
+            return [Packet(ftype, pts, code, tuple(s for c in coded for s in c.streams()))]
+        self._coding.append((ftype, pts, code, coded, self.pool.encode_symbols(coded)))
+        return self._finished(flush=False)
+
+    def _finished(self, flush: bool) -> list[Packet]:
+        """Packets whose streams are all coded, in order (all of them when flushing; the oldest
+        when too many frames are in flight, so that memory stays bounded)."""
+        from .parallel import LOOKAHEAD, result  # parallel builds on this module
+
+        out = []
+        limit = 0 if self.pool is None else LOOKAHEAD * self.pool.workers
+        while self._coding and (flush or len(self._coding) > limit or all(f.done() for f in self._coding[0][4])):
+            ftype, pts, code, coded, futures = self._coding.popleft()
+            with stage("entropy"):
+                y_streams = [result(pts, f) for f in futures]
+            streams = (s for c, y in zip(coded, y_streams, strict=True) for s in c.streams(y))
+            out.append(Packet(ftype, pts, code, tuple(streams)))
+        return out
 
 
 class Decoder:
@@ -224,7 +262,7 @@ class Decoder:
 
         Needs no reference frame, so packets may be parsed ahead; the second
         half, :func:`~neurocodec.entropy.decode_symbols` (the serial rANS
-        work), may run in other processes (:class:`~neurocodec.parallel.ParsePool`).
+        work), may run in other processes (:class:`~neurocodec.parallel.EntropyPool`).
         """
         coder = self.model.intra if packet.frame_type == FrameType.I else self.model.inter
         with payload_errors(packet), torch.inference_mode():
@@ -303,27 +341,39 @@ def encode(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     progress: Callable[[int], None] | None = None,
+    entropy_workers: int = 0,
 ) -> bytes | None:
     """Encode a whole video: a file path, uint8 [T, H, W, 3] or float [T, 3, H, W].
 
     Returns the stream as bytes when ``output`` is None; otherwise writes it
     to ``output`` (a path, written atomically, or a binary file object).
+    ``entropy_workers``: processes that rANS-encode while the next frames go
+    through the networks (:mod:`neurocodec.parallel`); the bytes are the same.
     """
+    if entropy_workers < 0:
+        raise InputError(f"entropy_workers must be >= 0, got {entropy_workers}")
     frames, width, height, src_fps, count = _frames_of(source)
     if max_frames is not None:
         frames = itertools.islice(frames, max_frames)
         count = None if count is None else min(count, max_frames)
-    encoder = Encoder(width, height, model=model, quality=quality, gop=gop,
-                      fps=fps or src_fps or Fraction(30), frame_count=count, device=device, precision=precision)
-    if output is None:
-        buffer = io.BytesIO()
-        _encode_into(encoder, frames, buffer, progress)
-        return buffer.getvalue()
-    if isinstance(output, (str, os.PathLike)):
-        with atomic_output(output) as f:
-            _encode_into(encoder, frames, f, progress)
-    else:
-        _encode_into(encoder, frames, output, progress)
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if entropy_workers:
+            from .parallel import EntropyPool  # parallel builds on this module
+
+            pool = stack.enter_context(EntropyPool(entropy_workers))
+        encoder = Encoder(width, height, model=model, quality=quality, gop=gop,
+                          fps=fps or src_fps or Fraction(30), frame_count=count, device=device,
+                          precision=precision, pool=pool)
+        if output is None:
+            buffer = io.BytesIO()
+            _encode_into(encoder, frames, buffer, progress)
+            return buffer.getvalue()
+        if isinstance(output, (str, os.PathLike)):
+            with atomic_output(output) as f:
+                _encode_into(encoder, frames, f, progress)
+        else:
+            _encode_into(encoder, frames, output, progress)
     return None
 
 
@@ -337,6 +387,8 @@ def _encode_into(encoder: Encoder, frames: Iterable[Frame], f: BinaryIO,
                 progress(1)
         if encoder.frames_encoded == 0:
             raise InputError("no frames to encode")
+        for packet in encoder.encode(None):
+            writer.write(packet)
 
 
 def decode(
@@ -345,17 +397,17 @@ def decode(
     model: str | VideoModel | None = None,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
-    parse_workers: int = 0,
+    entropy_workers: int = 0,
 ) -> np.ndarray:
     """Decode a whole stream (bytes, path or binary file) to uint8 frames [T, H, W, 3].
 
-    ``parse_workers``: processes that entropy-decode ahead (:mod:`neurocodec.parallel`).
+    ``entropy_workers``: processes that entropy-decode ahead (:mod:`neurocodec.parallel`).
     """
     from .reader import Reader  # the reader builds on this module
 
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
-    with Reader(source, model=model, device=device, precision=precision, parse_workers=parse_workers) as reader:
+    with Reader(source, model=model, device=device, precision=precision, entropy_workers=entropy_workers) as reader:
         frames = list(reader)
         h = reader.header
     return np.stack(frames) if frames else np.empty((0, h.height, h.width, 3), np.uint8)

@@ -1,6 +1,6 @@
-"""Frame-parallel parsing: rANS-decode the next frames in worker processes.
+"""Frame-parallel entropy coding: rANS for several frames at once, in worker processes.
 
-Why. rANS decoding is serial within a stream, and CompressAI's coder holds
+Why. rANS coding is serial within a stream, and CompressAI's coder holds
 the GIL while it runs, so it uses one CPU core. Once the networks run on a
 GPU it is most of a frame's time (86 % at 1080p on an H200). But parsing a
 packet needs no reference frame: the table of every element depends on its
@@ -13,15 +13,20 @@ FFmpeg's frame threads with the reconstruction kept in order. Throughput
 grows with cores until the reconstruction is the limit; the latency of one
 frame does not shrink.
 
-rANS decoding is exact integer work, so a frame decodes to the same pixels
+Encoding is the mirror image: the main process runs the networks and codes
+the hyper-latents, workers rANS-encode the latents (:func:`encode_symbols`),
+and packets come out a few frames late (``Encoder.encode(None)`` flushes).
+
+rANS coding is exact integer work, so a frame decodes to the same pixels
 whether its symbols were decoded here or in a worker. Workers are spawned
 (forking a process that runs CUDA or torch's thread pools is unsafe), so, as
 with any spawned ``multiprocessing``, a script that uses them keeps its
 top-level code under ``if __name__ == "__main__":``.
 
->>> with ParsePool(workers=4) as pool:                 # doctest: +SKIP
+>>> with EntropyPool(workers=4) as pool:               # doctest: +SKIP
 ...     for frame in pool.decode(decoder, reader):   # uint8 [H, W, 3] tensors, in order
 ...         ...
+...     encoder = Encoder(1920, 1080, device="cuda", pool=pool)
 """
 
 from __future__ import annotations
@@ -32,19 +37,19 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
-import numpy as np
 import torch
 
 from .codec import Decoder, payload_errors
 from .container import Packet
-from .entropy import Pending, decode_symbols
+from .entropy import Coded, Pending, decode_symbols, encode_symbols
 from .errors import InputError, NeurocodecError
 from .profiling import stage
 
-__all__ = ["ParsePool"]
+__all__ = ["EntropyPool", "LOOKAHEAD", "result"]
 
-#: Packets in flight per worker: enough to keep every worker busy while the
+#: Frames in flight per worker: enough to keep every worker busy while the
 #: main process waits on the oldest.
 LOOKAHEAD = 2
 
@@ -53,8 +58,8 @@ def _start() -> None:
     torch.set_num_threads(1)  # one core per worker: the parallelism is across workers
 
 
-class ParsePool:
-    """``workers`` processes that rANS-decode latents for any :class:`Decoder`.
+class EntropyPool:
+    """``workers`` processes that rANS-code latents for any :class:`Decoder` or ``Encoder``.
 
     Start-up costs each worker an interpreter (about a second): make one pool
     and keep it for many streams.
@@ -62,7 +67,7 @@ class ParsePool:
 
     def __init__(self, workers: int):
         if workers < 1:
-            raise InputError(f"a parse pool needs at least 1 worker, got {workers}")
+            raise InputError(f"an entropy pool needs at least 1 worker, got {workers}")
         self.workers = workers
         self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_start)
@@ -98,7 +103,7 @@ class ParsePool:
                 if isinstance(tables, NeurocodecError):
                     raise tables
                 with stage("entropy"), payload_errors(packet):  # what the reconstruction waits for
-                    symbols = [self._result(packet, f) for f in futures]
+                    symbols = [result(packet.pts, f) for f in futures]
                 yield decoder.decode_tensor(packet, tuple(t.complete(s) for t, s in zip(tables, symbols,
                                                                                         strict=True)))
         finally:
@@ -106,20 +111,25 @@ class ParsePool:
                 for future in futures:
                     future.cancel()
 
-    @staticmethod
-    def _result(packet: Packet, future: Future) -> np.ndarray:
-        try:
-            return future.result()
-        except BrokenProcessPool as e:  # before payload_errors sees it: it is a RuntimeError
-            raise NeurocodecError(
-                f"frame {packet.pts}: a parse worker died ({e}). Workers start by importing the main "
-                "module: a script's top-level code must be under `if __name__ == '__main__':`") from e
+    def encode_symbols(self, coded: Iterable[Coded]) -> list[Future]:
+        """Start rANS-encoding the y streams of ``coded`` latents (futures of bytes, see :func:`result`)."""
+        return [self._pool.submit(encode_symbols, c.symbols, c.indexes) for c in coded]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> ParsePool:
+    def __enter__(self) -> EntropyPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def result(pts: int, future: Future) -> Any:
+    """A worker's result for frame ``pts``; a dead worker is a NeurocodecError that says why it may have died."""
+    try:
+        return future.result()
+    except BrokenProcessPool as e:  # before payload_errors sees it: it is a RuntimeError
+        raise NeurocodecError(
+            f"frame {pts}: an entropy worker died ({e}). Workers start by importing the main "
+            "module: a script's top-level code must be under `if __name__ == '__main__':`") from e

@@ -21,7 +21,7 @@ from .codec import Decoder
 from .container import FrameType, Packet, StreamHeader, StreamReader
 from .errors import InputError, VideoIOError
 from .models import VideoModel
-from .parallel import ParsePool
+from .parallel import EntropyPool
 from .profiling import stage
 
 __all__ = ["Reader", "open"]
@@ -40,11 +40,11 @@ class Reader:
 
     def __init__(self, source: str | os.PathLike | BinaryIO, *,
                  model: str | VideoModel | None = None, device: str | torch.device = "cpu",
-                 precision: str = "fp32", parse_workers: int = 0):
-        if parse_workers < 0:
-            raise InputError(f"parse_workers must be >= 0, got {parse_workers}")
-        self._parse_workers = parse_workers
-        self._pool: ParsePool | None = None
+                 precision: str = "fp32", entropy_workers: int = 0):
+        if entropy_workers < 0:
+            raise InputError(f"entropy_workers must be >= 0, got {entropy_workers}")
+        self._entropy_workers = entropy_workers
+        self._pool: EntropyPool | None = None
         if isinstance(source, (str, os.PathLike)):
             try:
                 self._file: BinaryIO | None = _open(source, "rb")
@@ -87,13 +87,13 @@ class Reader:
         return self.decoder.decode(packet)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        """The remaining frames; with ``parse_workers``, parsed ahead in other processes."""
-        if not self._parse_workers:
+        """The remaining frames; with ``entropy_workers``, parsed ahead in other processes."""
+        if not self._entropy_workers:
             while (frame := self.read()) is not None:
                 yield frame
             return
         if self._pool is None:
-            self._pool = ParsePool(self._parse_workers)
+            self._pool = EntropyPool(self._entropy_workers)
         ahead: deque[tuple[int, int]] = deque()  # (frame number, offset) of packets read, not yet yielded
 
         def packets() -> Iterator[Packet]:
@@ -182,10 +182,10 @@ class Reader:
 
 
 def open(source: str | os.PathLike | BinaryIO, *, model: str | VideoModel | None = None,
-         device: str | torch.device = "cpu", precision: str = "fp32", parse_workers: int = 0) -> Reader:
+         device: str | torch.device = "cpu", precision: str = "fp32", entropy_workers: int = 0) -> Reader:
     """Open a .ncv stream for reading (header at once; the model loads on first decode).
 
-    ``parse_workers``: processes that entropy-decode ahead while iterating
+    ``entropy_workers``: processes that entropy-decode ahead while iterating
     (:mod:`neurocodec.parallel`); 0 decodes in this process only.
     """
-    return Reader(source, model=model, device=device, precision=precision, parse_workers=parse_workers)
+    return Reader(source, model=model, device=device, precision=precision, entropy_workers=entropy_workers)

@@ -42,7 +42,9 @@ def test_encode_info_decode_round_trip(source, tmp_path):
     run("decode", str(ncv), str(y4m))
     frames = np.stack(list(read_frames(y4m)))
     assert frames.shape == (5, 64, 96, 3)
-    run("decode", str(ncv), str(tmp_path / "pw.y4m"), "--parse-workers", "2")
+    run("encode", str(source), str(tmp_path / "pw.ncv"), "--quality", "0.7", "--gop", "4", "--entropy-workers", "1")
+    assert (tmp_path / "pw.ncv").read_bytes() == ncv.read_bytes()
+    run("decode", str(ncv), str(tmp_path / "pw.y4m"), "--entropy-workers", "2")
     np.testing.assert_array_equal(np.stack(list(read_frames(tmp_path / "pw.y4m"))), frames)
 
 

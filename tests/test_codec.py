@@ -15,7 +15,7 @@ import torch
 import neurocodec
 from neurocodec import BitstreamError, FrameType, InputError, ModelMismatchError, Packet
 from neurocodec.container import MAGIC, StreamReader, StreamWriter
-from neurocodec.parallel import ParsePool
+from neurocodec.parallel import EntropyPool
 from neurocodec.synthetic import moving_pattern
 from neurocodec.zoo import load_model
 
@@ -126,14 +126,21 @@ def test_reader_seeks_to_every_frame(tiny_model, clip, tmp_path):
             reader.seek(len(clip) + 5)
 
 
-def test_parse_workers_decode_the_same_frames(tiny_model, clip, tmp_path):
-    """Frames parsed ahead in worker processes equal serial decoding, and an iteration
-    stopped early leaves the reader at the next unread frame, not at the parsed-ahead ones."""
+def test_entropy_workers_code_the_same_bytes_and_frames(tiny_model, clip, tmp_path):
+    """rANS coding in worker processes gives the serial coder's bytes and frames, and an
+    iteration stopped early leaves the reader at the next unread frame, not at the parsed-ahead ones."""
     path = tmp_path / "clip.ncv"
     neurocodec.encode(clip, path, model=tiny_model, gop=3)
+    assert neurocodec.encode(clip, model=tiny_model, gop=3, entropy_workers=2) == path.read_bytes()
+    serial = neurocodec.Encoder(72, 40, model=tiny_model, gop=3)
+    with EntropyPool(workers=1) as pool:
+        pooled = neurocodec.Encoder(72, 40, model=tiny_model, gop=3, pool=pool)
+        packets = [p for frame in clip for p in pooled.encode(frame)]  # the finished ones, in order
+        packets += pooled.encode(None)
+    assert packets == [serial.encode(frame)[0] for frame in clip]
     reference = neurocodec.decode(path, model=tiny_model)
-    np.testing.assert_array_equal(neurocodec.decode(path, model=tiny_model, parse_workers=2), reference)
-    with neurocodec.open(path, model=tiny_model, parse_workers=1) as reader:
+    np.testing.assert_array_equal(neurocodec.decode(path, model=tiny_model, entropy_workers=2), reference)
+    with neurocodec.open(path, model=tiny_model, entropy_workers=1) as reader:
         frames = iter(reader)
         next(frames), next(frames)
         frames.close()
@@ -143,19 +150,19 @@ def test_parse_workers_decode_the_same_frames(tiny_model, clip, tmp_path):
         assert reader.tell() == len(clip)
 
 
-def test_parse_worker_errors_reach_the_caller(tiny_model, clip):
+def test_entropy_worker_errors_reach_the_caller(tiny_model, clip):
     data = neurocodec.encode(clip[:2], model=tiny_model, gop=-1)
     reader = StreamReader(io.BytesIO(data))
     packets = list(reader)
     bad = Packet(FrameType.P, 1, packets[1].quality_code, packets[1].streams[:3])  # a stream missing
     decoder = neurocodec.Decoder(reader.header, model=tiny_model)
-    with ParsePool(workers=1) as pool:
+    with EntropyPool(workers=1) as pool:
         frames = pool.decode(decoder, [packets[0], bad])
         assert next(frames).shape == (40, 72, 3)
         with pytest.raises(BitstreamError, match="2 coded streams"):
             next(frames)
     with pytest.raises(InputError):
-        ParsePool(workers=0)
+        EntropyPool(workers=0)
 
 
 def test_live_stream_without_index_reads_and_seeks(tiny_model, clip):

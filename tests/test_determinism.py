@@ -116,4 +116,4 @@ def test_cpu_worker_parses_decode_on_cuda_as_cuda_parses(tiny_model):
     gpu_model = copy.deepcopy(tiny_model)
     serial = neurocodec.decode(GOLDEN, model=gpu_model, device="cuda", precision="fp16")
     assert np.array_equal(neurocodec.decode(GOLDEN, model=gpu_model, device="cuda", precision="fp16",
-                                            parse_workers=2), serial)
+                                            entropy_workers=2), serial)

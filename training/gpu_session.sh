@@ -46,13 +46,13 @@ build_cache(training_clips(Path('.gpu/clips')), Path('data/cache-gpu'), workers=
 
 if [ "$BENCH" = 1 ]; then
     stamp "speed benchmark, GPU alone (eval.bench): fp16, serial and with frame-parallel parsing"
-    # name precision parse-workers sizes...: fp16 is the fast GPU precision (bf16/fp32 measured 2026-11-26)
+    # name precision entropy-workers sizes...: fp16 is the fast GPU precision (bf16/fp32 measured 2026-11-26)
     for run in "fp16 fp16 0 640x360 1280x720 1920x1080" "fp16-pw12 fp16 12 640x360 1280x720 1920x1080" \
                "fp16-pw6 fp16 6 1920x1080"; do
         set -- $run
         name=$1 p=$2 pw=$3
         shift 3
-        timeout 100 python3 -m eval.bench --device cuda --precision $p --parse-workers $pw --sizes "$@" \
+        timeout 100 python3 -m eval.bench --device cuda --precision $p --entropy-workers $pw --sizes "$@" \
             --frames 48 --warmup 4 --out "$LOGS/bench-cuda-$name.json" > "$LOGS/bench-cuda-$name.txt" 2>&1
         tail -4 "$LOGS/bench-cuda-$name.txt" | head -1
     done

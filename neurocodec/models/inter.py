@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..entropy import Hyperprior, Parsed, Pending
+from ..entropy import Coded, Hyperprior, Parsed, Pending
 from .layers import GainPair, analysis, conv, synthesis
 from .motion import MotionCoder, warp
 
@@ -63,13 +63,14 @@ class InterCoder(nn.Module):
         y_hat = out["symbols"] + self.prior.means(out["hyper"], self.context(pred)).float()
         return self._reconstruct(y_hat, pred, q)
 
-    def compress(self, x: Tensor, ref: Tensor, q: Tensor) -> tuple[list[bytes], Tensor]:
-        """Streams ``[motion_y, motion_z, y, z]`` and the decoder's reconstruction."""
-        motion_streams, flow = self.motion.compress(x, ref, q)
+    def compress(self, x: Tensor, ref: Tensor, q: Tensor) -> tuple[tuple[Coded, Coded], Tensor]:
+        """The coded motion and residual latents (streams ``[motion_y, motion_z, y, z]``, the y streams
+        still to rANS-encode) and the decoder's reconstruction."""
+        motion, flow = self.motion.compress(x, ref, q)
         pred = warp(ref, flow)
         y = self.g_a(torch.cat([x, pred], dim=1)) * self.gain.gain(q)
-        streams, y_hat = self.prior.compress(y, self.context(pred))
-        return motion_streams + streams, self._reconstruct(y_hat, pred, q)
+        residual, y_hat = self.prior.prepare(y, self.context(pred))
+        return (motion, residual), self._reconstruct(y_hat, pred, q)
 
     def parse_tables(self, streams: list[bytes], hw: tuple[int, int]) -> tuple[Pending, Pending]:
         """The first half of entropy decoding (motion, then residual latent): needs no reference frame."""

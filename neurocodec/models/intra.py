@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..entropy import Hyperprior, Parsed, Pending
+from ..entropy import Coded, Hyperprior, Parsed, Pending
 from .layers import GainPair, analysis, synthesis
 
 
@@ -24,10 +24,11 @@ class IntraCoder(nn.Module):
         y_hat, lik, *_ = self.prior(y)
         return {"x_hat": self.g_s(y_hat * self.gain.inverse(q)), "likelihoods": lik}
 
-    def compress(self, x: Tensor, q: Tensor) -> tuple[list[bytes], Tensor]:
+    def compress(self, x: Tensor, q: Tensor) -> tuple[tuple[Coded], Tensor]:
+        """The coded latent (its y stream still to rANS-encode) and the decoder's reconstruction."""
         y = self.g_a(x) * self.gain.gain(q)
-        streams, y_hat = self.prior.compress(y)
-        return streams, self._synthesize(y_hat, q)
+        coded, y_hat = self.prior.prepare(y)
+        return (coded,), self._synthesize(y_hat, q)
 
     def parse_tables(self, streams: list[bytes], hw: tuple[int, int]) -> tuple[Pending]:
         """The first half of entropy decoding (see :meth:`Hyperprior.parse_tables`)."""

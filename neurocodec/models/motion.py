@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._compat import GDN
-from ..entropy import Hyperprior, Parsed
+from ..entropy import Coded, Hyperprior, Parsed
 from ..profiling import stage
 from .layers import GainPair, analysis, conv, deconv, sampling_grid
 from .search import estimate_flow
@@ -98,9 +98,9 @@ class MotionCoder(nn.Module):
         y_hat, lik, *_ = self.prior(self._analyse(x, ref, q, hint))
         return self._flow(y_hat, q), lik
 
-    def compress(self, x: Tensor, ref: Tensor, q: Tensor) -> tuple[list[bytes], Tensor]:
-        streams, y_hat = self.prior.compress(self._analyse(x, ref, q, None))
-        return streams, self._flow(y_hat, q)
+    def compress(self, x: Tensor, ref: Tensor, q: Tensor) -> tuple[Coded, Tensor]:
+        coded, y_hat = self.prior.prepare(self._analyse(x, ref, q, None))
+        return coded, self._flow(y_hat, q)
 
     def reconstruct(self, parsed: Parsed, q: Tensor) -> Tensor:
         """The decoded flow of a parsed motion latent."""
