@@ -34,7 +34,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -90,7 +90,7 @@ class EntropyPool:
             except NeurocodecError as e:
                 pending.append((packet, e, []))
                 return
-            futures = [self._pool.submit(decode_symbols, t.y_bytes, t.indexes.to(torch.uint8).cpu().numpy())
+            futures = [self._submit(decode_symbols, t.y_bytes, t.indexes.to(torch.uint8).cpu().numpy())
                        for t in tables]  # uint8: 64 tables; a quarter of the bytes to send
             pending.append((packet, tables, futures))
 
@@ -113,7 +113,13 @@ class EntropyPool:
 
     def encode_symbols(self, coded: Iterable[Coded]) -> list[Future]:
         """Start rANS-encoding the y streams of ``coded`` latents (futures of bytes, see :func:`result`)."""
-        return [self._pool.submit(encode_symbols, c.symbols, c.indexes) for c in coded]
+        return [self._submit(encode_symbols, c.symbols, c.indexes) for c in coded]
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        try:
+            return self._pool.submit(fn, *args)
+        except RuntimeError as e:  # shut down, or broken by a dead worker
+            raise InputError(f"this entropy pool can take no more work ({e})") from e
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

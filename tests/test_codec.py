@@ -161,6 +161,8 @@ def test_entropy_worker_errors_reach_the_caller(tiny_model, clip):
         assert next(frames).shape == (40, 72, 3)
         with pytest.raises(BitstreamError, match="2 coded streams"):
             next(frames)
+    with pytest.raises(InputError, match="no more work"):
+        list(pool.decode(decoder, packets))  # the pool is closed
     with pytest.raises(InputError):
         EntropyPool(workers=0)
 
@@ -270,6 +272,25 @@ def test_corrupt_payloads_never_crash(tiny_model, clip):
             assert frames.dtype == np.uint8
         except BitstreamError:
             pass
+
+
+def test_corrupt_payloads_coded_by_workers_never_crash(tiny_model, clip):
+    """As above, with the rANS decoding in a worker process: the same errors or frames, no dead worker."""
+    data = neurocodec.encode(clip[:3], model=tiny_model, gop=-1)
+    rng = np.random.default_rng(1)
+    header_size = StreamReader(io.BytesIO(data)).header_size
+    for _ in range(6):
+        corrupt = bytearray(data)
+        for pos in rng.integers(header_size + 20, len(data) - 30, size=4):
+            corrupt[pos] = int(rng.integers(0, 256))
+        corrupt = _refresh_crcs(bytes(corrupt))
+        try:
+            serial = neurocodec.decode(corrupt, model=tiny_model)
+        except BitstreamError:
+            with pytest.raises(BitstreamError):
+                neurocodec.decode(corrupt, model=tiny_model, entropy_workers=1)
+        else:
+            np.testing.assert_array_equal(neurocodec.decode(corrupt, model=tiny_model, entropy_workers=1), serial)
 
 
 def test_truncated_and_flipped_streams_are_bitstream_errors(tiny_model, clip):
