@@ -111,9 +111,10 @@ def test_cuda_stream_decodes_on_cpu(tiny_model, clip):
 
 
 @cuda
-def test_cpu_worker_parses_decode_on_cuda_as_cuda_parses(tiny_model):
-    """Frame-parallel parsing: packets parsed on CPU workers reconstruct on the GPU to the same pixels."""
+def test_entropy_workers_beside_cuda_code_as_cuda_alone(tiny_model, clip):
+    """rANS in CPU worker processes, networks on the GPU: the GPU-only coder's bytes and frames."""
     gpu_model = copy.deepcopy(tiny_model)
-    serial = neurocodec.decode(GOLDEN, model=gpu_model, device="cuda", precision="fp16")
-    assert np.array_equal(neurocodec.decode(GOLDEN, model=gpu_model, device="cuda", precision="fp16",
-                                            entropy_workers=2), serial)
+    cuda = {"model": gpu_model, "device": "cuda", "precision": "fp16"}
+    data = neurocodec.encode(clip, gop=3, **cuda)
+    assert neurocodec.encode(clip, gop=3, entropy_workers=2, **cuda) == data
+    assert np.array_equal(neurocodec.decode(data, entropy_workers=2, **cuda), neurocodec.decode(data, **cuda))
