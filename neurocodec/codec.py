@@ -2,8 +2,9 @@
 
 Low-delay P coding: frame ``t`` references only the decoded frame ``t - 1``
 (an I-frame every ``gop`` frames, or only the first when ``gop`` is -1), so
-:meth:`Encoder.encode` returns each frame's packet at once and
-:meth:`Decoder.decode` returns each frame as soon as its packet arrives.
+:meth:`Encoder.encode` returns each frame's packet at once (a few frames
+late when an :class:`~neurocodec.parallel.EntropyPool` runs the rANS coding)
+and :meth:`Decoder.decode` returns each frame as soon as its packet arrives.
 
 Frames are ``uint8`` RGB numpy arrays ``[H, W, 3]`` or float tensors
 ``[3, H, W]`` in ``[0, 1]``. The model works on frames padded (by edge
@@ -17,7 +18,6 @@ for bit.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import itertools
 import os
@@ -25,7 +25,7 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -356,7 +356,7 @@ def encode(
     if max_frames is not None:
         frames = itertools.islice(frames, max_frames)
         count = None if count is None else min(count, max_frames)
-    with contextlib.ExitStack() as stack:
+    with ExitStack() as stack:
         pool = None
         if entropy_workers:
             from .parallel import EntropyPool  # parallel builds on this module
