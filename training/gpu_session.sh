@@ -45,10 +45,10 @@ python3 -c "from pathlib import Path; from training.data import build_cache, tra
 build_cache(training_clips(Path('.gpu/clips')), Path('data/cache-gpu'), workers=16)" > "$LOGS/cache.txt" 2>&1
 
 if [ "$BENCH" = 1 ]; then
-    stamp "speed benchmark, GPU alone (eval.bench): fp16, serial and with frame-parallel parsing"
+    stamp "speed benchmark, GPU alone (eval.bench): fp16, serial and with entropy workers (encode and decode)"
     # name precision entropy-workers sizes...: fp16 is the fast GPU precision (bf16/fp32 measured 2026-11-26)
-    for run in "fp16 fp16 0 640x360 1280x720 1920x1080" "fp16-pw12 fp16 12 640x360 1280x720 1920x1080" \
-               "fp16-pw6 fp16 6 1920x1080"; do
+    for run in "fp16 fp16 0 640x360 1280x720 1920x1080" "fp16-ew12 fp16 12 640x360 1280x720 1920x1080" \
+               "fp16-ew6 fp16 6 1920x1080"; do
         set -- $run
         name=$1 p=$2 pw=$3
         shift 3
