@@ -7,6 +7,7 @@ import io
 import json
 import struct
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -258,17 +259,23 @@ def _refresh_crcs(data: bytes) -> bytes:
     return bytes(out)
 
 
-def test_corrupt_payloads_never_crash(tiny_model, clip):
-    """Garbage behind valid CRCs: a BitstreamError or some frame, never a crash or a hang."""
-    data = neurocodec.encode(clip[:3], model=tiny_model, gop=-1)
-    rng = np.random.default_rng(0)
+def _corrupted(data: bytes, count: int, seed: int) -> Iterator[bytes]:
+    """``count`` copies of a stream with 4 payload bytes garbled each, behind valid CRCs."""
+    rng = np.random.default_rng(seed)
     header_size = StreamReader(io.BytesIO(data)).header_size
-    for _ in range(40):
+    for _ in range(count):
         corrupt = bytearray(data)
         for pos in rng.integers(header_size + 20, len(data) - 30, size=4):
             corrupt[pos] = int(rng.integers(0, 256))
+        yield _refresh_crcs(bytes(corrupt))
+
+
+def test_corrupt_payloads_never_crash(tiny_model, clip):
+    """Garbage behind valid CRCs: a BitstreamError or some frame, never a crash or a hang."""
+    data = neurocodec.encode(clip[:3], model=tiny_model, gop=-1)
+    for corrupt in _corrupted(data, 40, seed=0):
         try:
-            frames = neurocodec.decode(_refresh_crcs(bytes(corrupt)), model=tiny_model)
+            frames = neurocodec.decode(corrupt, model=tiny_model)
             assert frames.dtype == np.uint8
         except BitstreamError:
             pass
@@ -277,13 +284,7 @@ def test_corrupt_payloads_never_crash(tiny_model, clip):
 def test_corrupt_payloads_coded_by_workers_never_crash(tiny_model, clip):
     """As above, with the rANS decoding in a worker process: the same errors or frames, no dead worker."""
     data = neurocodec.encode(clip[:3], model=tiny_model, gop=-1)
-    rng = np.random.default_rng(1)
-    header_size = StreamReader(io.BytesIO(data)).header_size
-    for _ in range(6):
-        corrupt = bytearray(data)
-        for pos in rng.integers(header_size + 20, len(data) - 30, size=4):
-            corrupt[pos] = int(rng.integers(0, 256))
-        corrupt = _refresh_crcs(bytes(corrupt))
+    for corrupt in _corrupted(data, 6, seed=1):
         try:
             serial = neurocodec.decode(corrupt, model=tiny_model)
         except BitstreamError:
