@@ -203,14 +203,12 @@ class Encoder:
     def _finished(self, flush: bool) -> list[Packet]:
         """Packets whose streams are all coded, in order (all of them when flushing; the oldest
         when too many frames are in flight, so that memory stays bounded)."""
-        from .parallel import LOOKAHEAD, result  # parallel builds on this module
-
         out = []
-        limit = 0 if self.pool is None else LOOKAHEAD * self.pool.workers
-        while self._coding and (flush or len(self._coding) > limit or all(f.done() for f in self._coding[0][4])):
+        while self._coding and (flush or len(self._coding) > self.pool.lookahead
+                                or all(f.done() for f in self._coding[0][4])):
             ftype, pts, code, coded, futures = self._coding.popleft()
             with stage("entropy"):
-                y_streams = [result(pts, f) for f in futures]
+                y_streams = [self.pool.result(pts, f) for f in futures]
             streams = (s for c, y in zip(coded, y_streams, strict=True) for s in c.streams(y))
             out.append(Packet(ftype, pts, code, tuple(streams)))
         return out

@@ -68,6 +68,12 @@ def ste_round(x: Tensor) -> Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+def _host_indexes(indexes: Tensor) -> np.ndarray:
+    """Table indexes as the rANS coder's side takes them: on the host, uint8 (64 tables),
+    a quarter of the bytes of int32 when sent to a worker process."""
+    return indexes.to(torch.uint8).cpu().numpy()
+
+
 def _guard(data: bytes, symbols: int) -> bytes:
     """Zero-pad a stream handed to the rANS decoder.
 
@@ -162,13 +168,13 @@ class Pending(NamedTuple):
 
     z_hat: Tensor
     hyper: Tensor
-    indexes: Tensor  #: int32 [1, M, h, w]: the table of each element
+    indexes: np.ndarray  #: uint8 [1, M, h, w]: the table of each element
     y_bytes: bytes
 
     def complete(self, symbols: np.ndarray | None = None) -> Parsed:
         """The parse, given the symbols decoded elsewhere, or decoding them here."""
         if symbols is None:
-            symbols = decode_symbols(self.y_bytes, self.indexes.cpu().numpy())
+            symbols = decode_symbols(self.y_bytes, self.indexes)
         return Parsed(self.z_hat, torch.from_numpy(symbols).reshape(self.indexes.shape), self.hyper)
 
 
@@ -302,8 +308,7 @@ class Hyperprior(nn.Module):
         z_hat = torch.round(z - medians) + medians
         means, indexes = self.entropy_parameters(z_hat, ctx)
         symbols = torch.round(y - means)
-        # uint8 indexes (64 tables): a quarter of the bytes when sent to a worker
-        coded = Coded(z_bytes, symbols.int().cpu().numpy(), indexes.to(torch.uint8).cpu().numpy())
+        coded = Coded(z_bytes, symbols.int().cpu().numpy(), _host_indexes(indexes))
         return coded, symbols + means
 
     def compress(self, y: Tensor, ctx: Tensor | None = None) -> tuple[list[bytes], Tensor]:
@@ -325,7 +330,7 @@ class Hyperprior(nn.Module):
         with stage("entropy"):
             z_hat = self.z_model.decompress([_guard(z_bytes, self.z_model.channels * z_hw[0] * z_hw[1])], z_hw)
         h, indexes = self._exact_hyper(z_hat)
-        return Pending(z_hat, h, indexes, y_bytes)
+        return Pending(z_hat, h, _host_indexes(indexes), y_bytes)
 
     @torch.no_grad()
     def reconstruct(self, parsed: Parsed, ctx: Tensor | None = None) -> Tensor:

@@ -47,7 +47,7 @@ from .entropy import Coded, Pending, decode_symbols, encode_symbols
 from .errors import InputError, NeurocodecError
 from .profiling import stage
 
-__all__ = ["EntropyPool", "LOOKAHEAD", "result"]
+__all__ = ["EntropyPool", "LOOKAHEAD"]
 
 #: Frames in flight per worker: enough to keep every worker busy while the
 #: main process waits on the oldest.
@@ -69,6 +69,8 @@ class EntropyPool:
         if workers < 1:
             raise InputError(f"an entropy pool needs at least 1 worker, got {workers}")
         self.workers = workers
+        #: frames a coder keeps in flight: enough to keep every worker busy
+        self.lookahead = LOOKAHEAD * workers
         self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_start)
         # start every worker now, not on the first frames (which would stall behind their start-up)
@@ -90,11 +92,10 @@ class EntropyPool:
             except NeurocodecError as e:
                 pending.append((packet, e, []))
                 return
-            futures = [self._submit(decode_symbols, t.y_bytes, t.indexes.to(torch.uint8).cpu().numpy())
-                       for t in tables]  # uint8: 64 tables; a quarter of the bytes to send
+            futures = [self._submit(decode_symbols, t.y_bytes, t.indexes) for t in tables]
             pending.append((packet, tables, futures))
 
-        for _ in range(LOOKAHEAD * self.workers):
+        for _ in range(self.lookahead):
             submit()
         try:
             while pending:
@@ -103,7 +104,7 @@ class EntropyPool:
                 if isinstance(tables, NeurocodecError):
                     raise tables
                 with stage("entropy"), payload_errors(packet):  # what the reconstruction waits for
-                    symbols = [result(packet.pts, f) for f in futures]
+                    symbols = [self.result(packet.pts, f) for f in futures]
                 yield decoder.decode_tensor(packet, tuple(t.complete(s) for t, s in zip(tables, symbols,
                                                                                         strict=True)))
         finally:
@@ -112,7 +113,7 @@ class EntropyPool:
                     future.cancel()
 
     def encode_symbols(self, coded: Iterable[Coded]) -> list[Future]:
-        """Start rANS-encoding the y streams of ``coded`` latents (futures of bytes, see :func:`result`)."""
+        """Start rANS-encoding the y streams of ``coded`` latents (futures of bytes, see :meth:`result`)."""
         return [self._submit(encode_symbols, c.symbols, c.indexes) for c in coded]
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> Future:
@@ -120,6 +121,16 @@ class EntropyPool:
             return self._pool.submit(fn, *args)
         except RuntimeError as e:  # shut down, or broken by a dead worker
             raise InputError(f"this entropy pool can take no more work ({e})") from e
+
+    @staticmethod
+    def result(pts: int, future: Future) -> Any:
+        """A worker's result for frame ``pts``; a dead worker is a NeurocodecError that says why it may have died."""
+        try:
+            return future.result()
+        except BrokenProcessPool as e:  # before payload_errors sees it: it is a RuntimeError
+            raise NeurocodecError(
+                f"frame {pts}: an entropy worker died ({e}). Workers start by importing the main "
+                "module: a script's top-level code must be under `if __name__ == '__main__':`") from e
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -129,13 +140,3 @@ class EntropyPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def result(pts: int, future: Future) -> Any:
-    """A worker's result for frame ``pts``; a dead worker is a NeurocodecError that says why it may have died."""
-    try:
-        return future.result()
-    except BrokenProcessPool as e:  # before payload_errors sees it: it is a RuntimeError
-        raise NeurocodecError(
-            f"frame {pts}: an entropy worker died ({e}). Workers start by importing the main "
-            "module: a script's top-level code must be under `if __name__ == '__main__':`") from e
