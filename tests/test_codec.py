@@ -16,6 +16,7 @@ import torch
 import neurocodec
 from neurocodec import BitstreamError, FrameType, InputError, ModelMismatchError, Packet
 from neurocodec.container import MAGIC, StreamReader, StreamWriter
+from neurocodec.models.layers import cat_channels
 from neurocodec.parallel import EntropyPool
 from neurocodec.synthetic import moving_pattern
 from neurocodec.zoo import load_model
@@ -57,6 +58,20 @@ def test_streaming_and_whole_video_give_identical_bytes(tiny_model, clip):
 def test_tensor_frames_code_like_uint8_frames(tiny_model, clip):
     tensors = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255.0
     assert neurocodec.encode(tensors, model=tiny_model) == neurocodec.encode(clip, model=tiny_model)
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_cat_channels_feeds_a_convolution_what_it_would_compute_on(amp):
+    """The P-frame fusion's concatenation is laid out for its convolution, with unchanged results."""
+    conv = torch.nn.Conv2d(19, 8, 3, padding=1).to(memory_format=torch.channels_last)
+    feat = torch.rand(1, 16, 24, 40).to(memory_format=torch.channels_last)
+    image = torch.rand(1, 3, 24, 40)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        feat = feat.to(torch.bfloat16) if amp else feat
+        x = cat_channels([feat, image], conv)
+        assert x.dtype == (torch.bfloat16 if amp else torch.float32)
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(conv(x), conv(torch.cat([feat, image], dim=1)))
 
 
 def test_golden_stream():

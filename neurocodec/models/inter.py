@@ -9,11 +9,10 @@ much to trust the prediction (conditional coding, as in the DCVC family).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ..entropy import Coded, Hyperprior, Parsed, Pending
-from .layers import GainPair, analysis, conv, synthesis
+from .layers import GainPair, analysis, cat_channels, conv, synthesis
 from .motion import MotionCoder, warp
 
 
@@ -39,7 +38,7 @@ class InterCoder(nn.Module):
         """Training path; ``ref`` is the previous reconstruction, ``q`` is [B], ``hint`` the searched flow."""
         flow, motion_lik = self.motion(x, ref, q, hint)
         pred = warp(ref, flow)
-        y = self.g_a(torch.cat([x, pred], dim=1)) * self.gain.gain(q)
+        y = self.g_a(cat_channels([x, pred], self.g_a[0])) * self.gain.gain(q)
         latent = self.prior(y, self.context(pred))
         return {
             "x_hat": self._reconstruct(latent.y_hat, pred, q),
@@ -68,7 +67,7 @@ class InterCoder(nn.Module):
         still to rANS-encode) and the decoder's reconstruction."""
         motion, flow = self.motion.compress(x, ref, q)
         pred = warp(ref, flow)
-        y = self.g_a(torch.cat([x, pred], dim=1)) * self.gain.gain(q)
+        y = self.g_a(cat_channels([x, pred], self.g_a[0])) * self.gain.gain(q)
         residual, y_hat = self.prior.prepare(y, self.context(pred))
         return (motion, residual), self._reconstruct(y_hat, pred, q)
 
@@ -88,4 +87,4 @@ class InterCoder(nn.Module):
 
     def _reconstruct(self, y_hat: Tensor, pred: Tensor, q: Tensor) -> Tensor:
         feat = self.g_s(y_hat * self.gain.inverse(q))
-        return pred + self.fuse(torch.cat([feat, pred], dim=1))
+        return pred + self.fuse(cat_channels([feat, pred], self.fuse[0]))

@@ -48,6 +48,23 @@ def sampling_grid(flow: Tensor) -> Tensor:
     return torch.stack([gx, gy], dim=-1)
 
 
+def cat_channels(tensors: list[Tensor], conv: nn.Conv2d) -> Tensor:
+    """Concatenate along channels, ready for ``conv``: in the dtype it computes
+    in and its memory format.
+
+    The convolution would cast and re-lay its input anyway, so this gives the
+    same values; but concatenating a bfloat16 channels-last feature map with a
+    float32 image makes a float32 tensor in the wrong layout, and converting
+    that at full resolution was the costliest step of a CPU P-frame decode.
+    """
+    w = conv.weight
+    device = w.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else w.dtype
+    last = w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    fmt = torch.channels_last if last else torch.contiguous_format
+    return torch.cat([t.to(dtype=dtype, memory_format=fmt) for t in tensors], dim=1)
+
+
 def padded_size(height: int, width: int, stride: int = STRIDE) -> tuple[int, int]:
     """The (height, width) a frame is coded at: rounded up to multiples of ``stride``."""
     return height + -height % stride, width + -width % stride

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .._compat import GDN
 from ..entropy import Coded, Hyperprior, Parsed
 from ..profiling import stage
-from .layers import GainPair, analysis, conv, deconv, sampling_grid
+from .layers import GainPair, analysis, cat_channels, conv, deconv, sampling_grid
 from .search import estimate_flow
 
 #: Blur levels of the scale-space volume: average-pooled by 1, 2, 4, 8.
@@ -90,7 +90,7 @@ class MotionCoder(nn.Module):
                 with stage("search"):
                     hint = estimate_flow(x, ref)
             inputs.append((hint / HINT_SCALE).to(x.dtype))
-        return self.g_a(torch.cat(inputs, dim=1)) * self.gain.gain(q)
+        return self.g_a(cat_channels(inputs, self.g_a[0])) * self.gain.gain(q)
 
     def forward(self, x: Tensor, ref: Tensor, q: Tensor, hint: Tensor | None = None
                 ) -> tuple[Tensor, dict[str, Tensor]]:
