@@ -128,11 +128,11 @@ def _point(sequence: str, codec: str, config: str, param: str, ref: np.ndarray, 
 
 def evaluate_neurocodec(frames: np.ndarray, model: VideoModel, quality: float, *, intra_period: int = 32,
                         fps: float = 30.0, device: str = "cpu", sequence: str = "clip",
-                        with_ms_ssim: bool = True) -> RDPoint:
+                        with_ms_ssim: bool = True, refine: int = 0) -> RDPoint:
     """Encode ``frames`` to a complete in-memory .ncv stream, decode it, and measure it."""
     t, h, w = frames.shape[:3]
     enc = Encoder(w, h, model=model, quality=quality, gop=intra_period, fps=Fraction(fps).limit_denominator(1001000),
-                  frame_count=t, device=device)
+                  frame_count=t, device=device, refine=refine)
     buf, packets = io.BytesIO(), []
     recon: list[bytes] = []  # digests of the encoder's reconstructions (frames would double peak memory)
     with PeakMemory(device) as mem_enc:
@@ -160,8 +160,10 @@ def evaluate_neurocodec(frames: np.ndarray, model: VideoModel, quality: float, *
         log(f"  warning: {sequence} quality={quality:g}: decoder output differs from the encoder's reconstruction")
     options = {"model": getattr(model, "name", "custom"), "weight_hash": getattr(model, "weight_hash", None),
                "quality": quality, "coded_quality": enc.header.quality, "gop": intra_period, "device": str(device),
-               "container_overhead_bytes": len(data) - sum(sizes), "decoder_matches_encoder": matches}
-    return _point(sequence, "neurocodec", options["model"], f"quality={quality:g}", frames, len(data), fps,
+               "refine": refine, "container_overhead_bytes": len(data) - sum(sizes),
+               "decoder_matches_encoder": matches}
+    config = options["model"] + (f"+refine{refine}" if refine else "")
+    return _point(sequence, "neurocodec", config, f"quality={quality:g}", frames, len(data), fps,
                   encode_s, decode_s, frame_metrics(frames, decoded, sizes, types, with_ms_ssim),
                   memory={"encode": mem_enc.result(), "decode": mem_dec.result()}, options=options)
 
@@ -264,6 +266,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model", nargs="+", default=["nc-starter"],
                     help="registered model names or .safetensors files; with several, each later one is also "
                          "compared with the first (e.g. a faster variant against the default)")
+    ap.add_argument("--refine", type=int, nargs="+", default=[0],
+                    help="encoder latent-refinement steps per frame (neurocodec.refine); several values give "
+                         "one curve each, later ones compared with the first")
     ap.add_argument("--device", default="cpu", help="torch device for neurocodec")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--size", type=parse_size, default=None, help="WxH of raw .yuv input")
@@ -276,6 +281,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--frames must be >= 1 and --max-side >= 2")
     if args.intra_period == 0 or args.intra_period < -1:
         ap.error("--intra-period must be >= 1 or -1")
+    if any(r < 0 for r in args.refine):
+        ap.error("--refine must be >= 0")
     if not all(0.0 <= q <= 1.0 for q in args.qualities):
         ap.error("--qualities must lie in [0, 1]")
     return args
@@ -320,21 +327,24 @@ def run(args: argparse.Namespace) -> int:
         for model in models:
             evaluate_neurocodec(frames[:2], model, args.qualities[0], intra_period=args.intra_period, fps=fps,
                                 device=args.device, sequence=name, with_ms_ssim=False)
-        jobs: list[tuple[VideoModel, float] | BaselineConfig] = [(m, q) for m in models for q in args.qualities]
+        jobs: list[tuple[VideoModel, int, float] | BaselineConfig] = [
+            (m, r, q) for m in models for r in args.refine for q in args.qualities]
         jobs += configs
         for j, job in enumerate(jobs, 1):
             if isinstance(job, BaselineConfig):
                 label = f"{job.label} {job.rate_control}"
                 p = evaluate_baseline(frames, job, fps=fps, sequence=name, with_ms_ssim=not args.no_ms_ssim)
             else:
-                model, quality = job
-                label = f"neurocodec {getattr(model, 'name', '')} quality={quality:g}"
+                model, refine, quality = job
+                label = f"neurocodec {getattr(model, 'name', '')} refine={refine} quality={quality:g}"
                 p = evaluate_neurocodec(frames, model, quality, intra_period=args.intra_period, fps=fps,
-                                        device=args.device, sequence=name, with_ms_ssim=not args.no_ms_ssim)
+                                        device=args.device, sequence=name, with_ms_ssim=not args.no_ms_ssim,
+                                        refine=refine)
             points.append(p)
             log(f"  [{j}/{len(jobs)}] {label}: {p.bpp:.4f} bpp, {p.psnr_yuv:.2f} dB YUV, "
                 f"enc {p.encode_fps:.1f} fps, dec {p.decode_fps:.1f} fps")
     conditions = {"frames": args.frames, "intra_period": args.intra_period, "qualities": args.qualities,
+                  "refine": args.refine,
                   "x264_crf": args.x264_crf, "x265_crf": args.x265_crf, "presets": args.presets,
                   "baseline_threads": args.baseline_threads,
                   "models": [{"model": getattr(m, "name", path), "weight_hash": getattr(m, "weight_hash", None)}

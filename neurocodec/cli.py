@@ -73,6 +73,9 @@ def encode(
     device: Device = "cpu",
     precision: Precision = "fp32",
     entropy_workers: EntropyWorkers = 0,
+    refine: Annotated[int, typer.Option(
+        min=0, help="Optimise each frame's latent for N steps before coding: fewer bits for the same quality, "
+                    "much slower encoding (an offline preset); any decoder decodes the stream.")] = 0,
     overwrite: Overwrite = False,
 ) -> None:
     """Encode a video file to a .ncv stream."""
@@ -92,7 +95,7 @@ def encode(
     with _progress("encoding", total) as advance:
         codec.encode(input, output, model=model, quality=quality, gop=gop, max_frames=frames,
                      device=device, precision=precision, progress=advance_and_count,
-                     entropy_workers=entropy_workers)
+                     entropy_workers=entropy_workers, refine=refine)
     seconds, nbytes = time.perf_counter() - t0, output.stat().st_size
     bpp = metrics.bits_per_pixel(nbytes, info.width, info.height, count)
     out.print(f"encoded {count} frames {info.width}x{info.height} to {output}: {nbytes:,} bytes, "

@@ -273,6 +273,26 @@ class Hyperprior(nn.Module):
         symbols = ste_round(y - means)
         return Relaxed(symbols + means, {"y": y_lik, "z": z_lik}, symbols, h)
 
+    def coding_rate(self, y: Tensor, ctx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Differentiable cost of coding ``y``: (the ``y_hat`` a decoder gets, bits of ``y`` and ``z``).
+
+        Unlike :meth:`forward`'s noise relaxation, this rounds as the coder
+        does (straight-through), so it prices the very integers the stream
+        will carry; it differs from the real size only by the coder's tables
+        (scales rounded up to the table grid) and the rANS overhead. For an
+        encoder that optimises its latent (:mod:`neurocodec.refine`).
+        """
+        z = self.h_a(y).float()
+        medians = self._medians()
+        z_hat = ste_round(z - medians) + medians
+        z_lik, *_ = self.z_model._likelihood(z_hat.transpose(0, 1).flatten(1).unsqueeze(1))
+        h = self.h_s(z_hat)
+        means, scales = self.means(h, ctx).float(), self.scale_head(h).float()
+        y_hat = ste_round(y.float() - means) + means
+        y_lik = self.y_model._likelihood(y_hat, scales, means)
+        z_bits = -torch.log2(self.z_model.likelihood_lower_bound(z_lik)).sum()
+        return y_hat, z_bits - torch.log2(self.y_model.likelihood_lower_bound(y_lik)).sum()
+
     def entropy_parameters(self, z_hat: Tensor, ctx: Tensor | None) -> tuple[Tensor, Tensor]:
         """Coding path: (means float32, table indexes int32) for a decoded ``z_hat``.
 

@@ -46,6 +46,9 @@ def test_encode_info_decode_round_trip(source, tmp_path):
     assert (tmp_path / "pw.ncv").read_bytes() == ncv.read_bytes()
     run("decode", str(ncv), str(tmp_path / "pw.y4m"), "--entropy-workers", "2")
     np.testing.assert_array_equal(np.stack(list(read_frames(tmp_path / "pw.y4m"))), frames)
+    run("encode", str(source), str(tmp_path / "refined.ncv"), "--frames", "2", "--refine", "2")
+    run("decode", str(tmp_path / "refined.ncv"), str(tmp_path / "refined.y4m"))
+    assert len(list(read_frames(tmp_path / "refined.y4m"))) == 2
 
 
 def test_decode_to_png_folder_and_mp4_with_a_model_file(tmp_path):

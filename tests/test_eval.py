@@ -202,6 +202,21 @@ def test_rd_compares_a_second_model_with_the_first(tmp_path: Path, pattern: np.n
     assert "compared with `tiny-test`" in (out / "summary.md").read_text()
 
 
+def test_rd_gives_each_refinement_its_own_curve(tmp_path: Path, pattern: np.ndarray) -> None:
+    video = tmp_path / "pattern.y4m"
+    write_video(video, pattern[:2], 25)
+    out = tmp_path / "results"
+    rc = rd.main([str(video), "--out", str(out), "--model", TINY, "--refine", "0", "2", "--qualities", "0", "1",
+                  "--frames", "2", "--x264-crf", "--x265-crf", "--no-ms-ssim"])
+    assert rc == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["conditions"]["refine"] == [0, 2]
+    points = {(p["config"], p["options"]["refine"]) for p in data["points"]}
+    assert points == {("tiny-test", 0), ("tiny-test+refine2", 2)}
+    assert any(r["test"] == "neurocodec tiny-test+refine2" and r["anchor"] == "neurocodec tiny-test"
+               for r in data["bd"])
+
+
 def test_rd_reports_unreadable_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"not a video at all")

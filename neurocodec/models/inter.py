@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..entropy import Coded, Hyperprior, Parsed, Pending
+from ..refine import Refinement, refine_latent
 from .layers import GainPair, analysis, cat_channels, conv, synthesis
 from .motion import MotionCoder, warp
 
@@ -62,13 +63,17 @@ class InterCoder(nn.Module):
         y_hat = out["symbols"] + self.prior.means(out["hyper"], self.context(pred)).float()
         return self._reconstruct(y_hat, pred, q)
 
-    def compress(self, x: Tensor, ref: Tensor, q: Tensor) -> tuple[tuple[Coded, Coded], Tensor]:
+    def compress(self, x: Tensor, ref: Tensor, q: Tensor, refine: Refinement | None = None
+                 ) -> tuple[tuple[Coded, Coded], Tensor]:
         """The coded motion and residual latents (streams ``[motion_y, motion_z, y, z]``, the y streams
-        still to rANS-encode) and the decoder's reconstruction."""
+        still to rANS-encode) and the decoder's reconstruction; ``refine`` optimises the residual latent."""
         motion, flow = self.motion.compress(x, ref, q)
         pred = warp(ref, flow)
+        ctx = self.context(pred)
         y = self.g_a(cat_channels([x, pred], self.g_a[0])) * self.gain.gain(q)
-        residual, y_hat = self.prior.prepare(y, self.context(pred))
+        if refine is not None and refine.steps:
+            y = refine_latent(y, self.prior, ctx, lambda y_hat: self._reconstruct(y_hat, pred, q), x, refine)
+        residual, y_hat = self.prior.prepare(y, ctx)
         return (motion, residual), self._reconstruct(y_hat, pred, q)
 
     def parse_tables(self, streams: list[bytes], hw: tuple[int, int]) -> tuple[Pending, Pending]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..entropy import Coded, Hyperprior, Parsed, Pending
+from ..refine import Refinement, refine_latent
 from .layers import GainPair, analysis, synthesis
 
 
@@ -24,9 +25,11 @@ class IntraCoder(nn.Module):
         y_hat, lik, *_ = self.prior(y)
         return {"x_hat": self.g_s(y_hat * self.gain.inverse(q)), "likelihoods": lik}
 
-    def compress(self, x: Tensor, q: Tensor) -> tuple[tuple[Coded], Tensor]:
+    def compress(self, x: Tensor, q: Tensor, refine: Refinement | None = None) -> tuple[tuple[Coded], Tensor]:
         """The coded latent (its y stream still to rANS-encode) and the decoder's reconstruction."""
         y = self.g_a(x) * self.gain.gain(q)
+        if refine is not None and refine.steps:
+            y = refine_latent(y, self.prior, None, lambda y_hat: self._synthesize(y_hat, q), x, refine)
         coded, y_hat = self.prior.prepare(y)
         return (coded,), self._synthesize(y_hat, q)
 
