@@ -44,7 +44,7 @@ from neurocodec.errors import NeurocodecError
 from neurocodec.metrics import psnr
 from neurocodec.synthetic import demo_clip
 
-__all__ = ["drift", "main"]
+__all__ = ["coded_with_reconstructions", "drift", "main"]
 
 
 #: Pseudo-device: the CPU with oneDNN switched off, so convolutions run other
@@ -69,6 +69,11 @@ def _encode(frames: np.ndarray, model: str, quality: float, gop: int, device: st
     h, w = frames.shape[1:3]
     enc = Encoder(w, h, model=load_model(model, device=device), quality=quality, gop=gop,
                   frame_count=len(frames), device=device, precision=precision)
+    return coded_with_reconstructions(enc, frames)
+
+
+def coded_with_reconstructions(enc: Encoder, frames: np.ndarray) -> tuple[bytes, list[np.ndarray]]:
+    """Encode ``frames`` into a whole stream, keeping the encoder's reconstruction of each frame."""
     buf, recon = io.BytesIO(), []
     with StreamWriter(buf, enc.header) as writer:
         for frame in frames:

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import neurocodec
-from neurocodec import InputError, StreamReader, StreamWriter
+from eval.drift import coded_with_reconstructions
+from neurocodec import InputError, StreamReader
 from neurocodec.metrics import bits_per_pixel
 from neurocodec.synthetic import moving_pattern
 
@@ -28,13 +29,7 @@ def frames():
 def _coded(model, clip, refine: int) -> tuple[bytes, list[np.ndarray]]:
     """The stream and the encoder's own reconstructions."""
     enc = neurocodec.Encoder(clip.shape[2], clip.shape[1], model=model, quality=0.5, gop=-1, refine=refine)
-    buf, recon = io.BytesIO(), []
-    with StreamWriter(buf, enc.header) as writer:
-        for frame in clip:
-            for packet in enc.encode(frame):
-                writer.write(packet)
-            recon.append(enc.reconstruction)
-    return buf.getvalue(), recon
+    return coded_with_reconstructions(enc, clip)
 
 
 def _rd_loss(model, clip, data: bytes) -> float:
