@@ -81,7 +81,7 @@ def _encode(frames: np.ndarray, model: VideoModel, timer: Profile, quality: floa
     h, w = frames.shape[1:3]
     enc = Encoder(w, h, model=model, quality=quality, gop=gop, frame_count=len(frames), device=device,
                   precision=precision, pool=pool)
-    buf, rows = io.BytesIO(), []
+    buf, rows, types = io.BytesIO(), [], {}
     with StreamWriter(buf, enc.header) as writer:
         for k, frame in enumerate(frames):
             timer.reset()
@@ -94,9 +94,11 @@ def _encode(frames: np.ndarray, model: VideoModel, timer: Profile, quality: floa
             t1 = time.perf_counter()
             for p in packets:
                 writer.write(p)
+                types[p.pts] = p.frame_type.name
             t2 = time.perf_counter()
-            ftype = "I" if k == 0 or (gop > 0 and k % gop == 0) else "P"
-            rows.append(_row(ftype, t0, t1, t2, timer, serial=t2 - t1))
+            rows.append(_row("", t0, t1, t2, timer, serial=t2 - t1))
+    for k, row in enumerate(rows):  # with a pool, a frame's packet comes out a few frames later
+        row["type"] = types[k]
     return buf.getvalue(), rows
 
 

@@ -71,7 +71,7 @@ class InterCoder(nn.Module):
         pred = warp(ref, flow)
         ctx = self.context(pred)
         y = self.g_a(cat_channels([x, pred], self.g_a[0])) * self.gain.gain(q)
-        if refine is not None and refine.steps:
+        if refine is not None:
             y = refine_latent(y, self.prior, ctx, lambda y_hat: self._reconstruct(y_hat, pred, q), x, refine)
         residual, y_hat = self.prior.prepare(y, ctx)
         return (motion, residual), self._reconstruct(y_hat, pred, q)

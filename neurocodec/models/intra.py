@@ -28,7 +28,7 @@ class IntraCoder(nn.Module):
     def compress(self, x: Tensor, q: Tensor, refine: Refinement | None = None) -> tuple[tuple[Coded], Tensor]:
         """The coded latent (its y stream still to rANS-encode) and the decoder's reconstruction."""
         y = self.g_a(x) * self.gain.gain(q)
-        if refine is not None and refine.steps:
+        if refine is not None:
             y = refine_latent(y, self.prior, None, lambda y_hat: self._synthesize(y_hat, q), x, refine)
         coded, y_hat = self.prior.prepare(y)
         return (coded,), self._synthesize(y_hat, q)
