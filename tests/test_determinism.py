@@ -56,6 +56,22 @@ def test_reduced_precision_stream_decodes_in_float32(tiny_model, clip):
     _close(neurocodec.decode(data, model=tiny_model), neurocodec.decode(data, model=tiny_model, precision="bf16"))
 
 
+def test_fusion_writes_the_reference_in_float32(tiny_model):
+    """Under half precision, rounding in the layer that writes the next reference
+    would compound along the GOP: the P-frame fusion stays float32."""
+    inter = tiny_model.inter
+    torch.manual_seed(0)
+    y_hat = torch.round(torch.randn(1, tiny_model.config.m, 2, 3) * 4)
+    pred, q = torch.rand(1, 3, 32, 48), torch.tensor([0.5])
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            feat = inter.g_s(y_hat * inter.gain.inverse(q))
+            out = inter._reconstruct(y_hat, pred, q)
+        expected = pred + inter.fuse(torch.cat([feat.float(), pred], dim=1))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
 def test_table_indexes_identical_in_float64(tiny_model):
     """The hyper-latent path gives the same integers whatever the float width of its input tensor."""
     prior = next(m for m in tiny_model.modules() if isinstance(m, Hyperprior))
