@@ -72,6 +72,19 @@ def test_fusion_writes_the_reference_in_float32(tiny_model):
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
 
 
+def test_intra_synthesis_writes_the_reference_in_float32(tiny_model):
+    intra = tiny_model.intra
+    torch.manual_seed(0)
+    y_hat, q = torch.round(torch.randn(1, tiny_model.config.m, 2, 3) * 4), torch.tensor([0.5])
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = intra.g_s[:-1](y_hat * intra.gain.inverse(q))
+            out = intra._synthesize(y_hat, q)
+        expected = intra.g_s[-1](h.float())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
 def test_table_indexes_identical_in_float64(tiny_model):
     """The hyper-latent path gives the same integers whatever the float width of its input tensor."""
     prior = next(m for m in tiny_model.modules() if isinstance(m, Hyperprior))
