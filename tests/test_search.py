@@ -75,3 +75,64 @@ def test_flow_teacher_and_drift_penalty_train_a_searching_model():
         model.zero_grad()
         stats["loss"].backward()
         assert model.inter.motion.g_s[-1].weight.grad.abs().sum() > 0
+
+
+BLOCKS = dataclasses.replace(TINY, motion_search=True, motion_coder="blocks")
+
+
+def test_a_block_motion_model_round_trips_bit_exactly():
+    torch.manual_seed(0)
+    model = VideoModel(BLOCKS).eval()
+    frames = moving_pattern(72, 40, 4, seed=2)
+    data, recon = coded_with_reconstructions(neurocodec.Encoder(72, 40, model=model, quality=0.5, gop=4), frames)
+    np.testing.assert_array_equal(neurocodec.decode(data, model=model), np.stack(recon))
+
+
+def test_block_motion_sends_the_searched_vectors():
+    """A 21-pixel pan arrives as 21 pixels, to within 1/8 px, whatever the (here untrained)
+    entropy model predicts: the coded vectors are the searched ones."""
+    from neurocodec.models.motion import BlockMotionCoder
+
+    torch.manual_seed(0)
+    model = VideoModel(BLOCKS).eval()
+    model.update()
+    ref = _tensor(demo_clip(192, 128, 1)[0])
+    cur = torch.roll(ref, shifts=(6, -21), dims=(2, 3))
+    sent = BlockMotionCoder.vectors(cur, ref)
+    with torch.no_grad():
+        _, y_hat = model.inter.motion.prior.prepare(sent)
+        _, flow = model.inter.motion.compress(cur, ref, torch.tensor([0.5]))
+    assert (y_hat - sent).abs().max() <= 0.5
+    assert flow.shape == (1, 2, 128, 192)
+    assert (sent[0, :, 2:-2, 2:-2] / 4).flatten(1).mode(dim=1).values.tolist() == [21, -6]
+    moved = flow[0, :, 32:-32, 32:-32].flatten(1)  # away from the edges the roll wraps
+    assert (moved.median(dim=1).values - torch.tensor([21.0, -6.0])).abs().max() <= 1 / 8
+
+
+def test_block_motion_trains_its_entropy_model_and_inherits_the_rest():
+    from training.train import Stage, stage_loss
+
+    torch.manual_seed(0)
+    parent, model = VideoModel(dataclasses.replace(TINY, motion_search=True)), VideoModel(BLOCKS)
+    theirs, mine = parent.state_dict(), model.state_dict()
+    model.load_state_dict({k: v for k, v in theirs.items() if k in mine and v.shape == mine[k].shape}, strict=False)
+    torch.testing.assert_close(model.inter.g_a[0].weight, parent.inter.g_a[0].weight)
+    model.intra.forward = lambda x, q: {"x_hat": x}
+    image = _tensor(demo_clip(64, 64, 1)[0])
+    seq = torch.stack([torch.roll(image[0], shifts=(0, 5 * t), dims=(1, 2)) for t in range(3)])[None]
+    for name, frames in (("motion", 2), ("multi", 3)):
+        stats = stage_loss(model.train(), Stage(name, 1, frames, drift=1.0), seq, torch.tensor([0.5]))
+        model.zero_grad()
+        stats["loss"].backward()
+        assert torch.isfinite(stats["loss"])
+        assert model.inter.motion.prior.h_a[0].weight.grad.abs().sum() > 0
+
+
+def test_an_unknown_motion_coder_is_refused():
+    import pytest
+
+    from neurocodec.errors import InputError
+    from neurocodec.models import ModelConfig
+
+    with pytest.raises(InputError, match="motion coder"):
+        ModelConfig.from_json(dataclasses.replace(TINY, motion_coder="optical").to_json())

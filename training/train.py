@@ -197,6 +197,11 @@ def widened(parent: dict[str, torch.Tensor], child: dict[str, torch.Tensor]) -> 
     return out
 
 
+def modules(keys: list[str]) -> list[str]:
+    """The modules (``inter.motion.prior``, ...) that a list of state-dict keys belongs to, for messages."""
+    return sorted({k.rsplit(".", 2)[0] for k in keys})
+
+
 def param_groups(model: VideoModel, stage: Stage) -> list[dict]:
     """The parameters a stage trains (never the factorized models' quantiles).
 
@@ -363,9 +368,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"resumed at stage {first_stage} step {step}")
     elif args.init is not None:
         weights, history, init_hash = parent_of(args.init)
-        model.load_state_dict(widened(weights, model.state_dict()))
+        mine = model.state_dict()
+        weights = widened(weights, mine)
+        kept = {k: v for k, v in weights.items() if k in mine and v.shape == mine[k].shape}
+        model.load_state_dict(kept, strict=False)
         if main_process:
             print(f"initialized from {args.init}")
+            fresh, dropped = sorted(set(mine) - set(kept)), sorted(set(weights) - set(kept))
+            if fresh or dropped:  # another architecture (e.g. another motion coder): say what did not carry over
+                print(f"  {len(fresh)} tensors start fresh ({', '.join(modules(fresh))}); "
+                      f"{len(dropped)} of the parent's are dropped ({', '.join(modules(dropped))})")
     train_step: torch.nn.Module = TrainStep(model)
     if world > 1:
         train_step = torch.nn.parallel.DistributedDataParallel(train_step, find_unused_parameters=True)

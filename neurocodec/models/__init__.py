@@ -14,8 +14,11 @@ from ..errors import InputError
 from .inter import InterCoder
 from .intra import IntraCoder
 from .layers import STRIDE, pad_to_stride, padded_size, to_reference
+from .motion import BlockMotionCoder, MotionCoder
 
 __all__ = ["ModelConfig", "VideoModel", "STRIDE", "pad_to_stride", "padded_size", "to_reference"]
+
+MOTION_CODERS = ("learned", "blocks")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,10 @@ class ModelConfig:
     feat: int = 16  #: full-resolution feature channels fused with the prediction
     #: the motion encoder also sees a block-matching flow estimate (encoder only)
     motion_search: bool = False
+    #: "learned": a motion autoencoder (:class:`~.motion.MotionCoder`); "blocks": the searched
+    #: motion sent explicitly, a vector per 16x16 block (:class:`~.motion.BlockMotionCoder`;
+    #: uses motion_z; always searches)
+    motion_coder: str = "learned"
     #: rate-distortion weight at quality 0 and 1 (loss = lambda * 255^2 * MSE + bpp);
     #: quality interpolates log(lambda) linearly in between.
     lambda_min: float = 0.0018
@@ -46,7 +53,10 @@ class ModelConfig:
         unknown = set(data) - known
         if unknown:
             raise InputError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**data)
+        config = cls(**data)
+        if config.motion_coder not in MOTION_CODERS:
+            raise InputError(f"unknown motion coder {config.motion_coder!r}; known: {MOTION_CODERS}")
+        return config
 
 
 class VideoModel(nn.Module):
@@ -61,7 +71,9 @@ class VideoModel(nn.Module):
         self.config = config
         c = config
         self.intra = IntraCoder(c.n, c.m, c.z)
-        self.inter = InterCoder(c.n, c.m, c.z, (c.motion_n, c.motion_m, c.motion_z), c.feat, c.motion_search)
+        motion = BlockMotionCoder(c.motion_z) if c.motion_coder == "blocks" else \
+            MotionCoder(c.motion_n, c.motion_m, c.motion_z, search=c.motion_search)
+        self.inter = InterCoder(c.n, c.m, c.z, motion, c.feat)
 
     def lmbda(self, q: Tensor) -> Tensor:
         """Rate-distortion weight for quality ``q`` (training)."""

@@ -14,15 +14,15 @@ from torch import Tensor, nn
 from ..entropy import Coded, Hyperprior, Parsed, Pending
 from ..refine import Refinement, refine_latent
 from .layers import GainPair, analysis, cat_channels, conv, in_float32, synthesis
-from .motion import MotionCoder, warp
+from .motion import BlockMotionCoder, MotionCoder, warp
 
 
 class InterCoder(nn.Module):
     """Codes a frame [1, 3, H, W] in [0, 1] given the previous decoded frame."""
 
-    def __init__(self, n: int, m: int, z: int, motion: tuple[int, int, int], feat: int, search: bool = False):
+    def __init__(self, n: int, m: int, z: int, motion: MotionCoder | BlockMotionCoder, feat: int):
         super().__init__()
-        self.motion = MotionCoder(*motion, search=search)
+        self.motion = motion
         self.g_a = analysis(6, n, m)
         self.context = nn.Sequential(
             conv(3, n), nn.LeakyReLU(inplace=True), conv(n, n), nn.LeakyReLU(inplace=True),
