@@ -189,3 +189,32 @@ def test_pack_writes_the_cached_frames_near_losslessly(setup, tmp_path, capsys):
         assert packed.shape == data.cache_frames(clip, 5).shape
         assert pack.psnr(packed, data.cache_frames(clip, 5)) > 35
     assert "total" in capsys.readouterr().out
+
+
+def test_export_writes_weights_that_code_and_a_card(setup, tmp_path):
+    import neurocodec
+    from neurocodec.zoo import load_model
+    from training import export
+
+    root, config = setup
+    run = tmp_path / "run"
+    train.main([str(config), "--out", str(run), "--stop-after", "3"])
+    export.main([str(run / "ckpt.pt"), "--name", "tiny-x", "--out", str(tmp_path / "w")])
+    model = load_model(tmp_path / "w" / "tiny-x.safetensors")
+    assert "intra: 3 steps, 1 frames per sequence" in (tmp_path / "w" / "tiny-x.md").read_text()
+    frames = moving_pattern(64, 48, 3, seed=1)
+    decoded = neurocodec.decode(neurocodec.encode(frames, model=model, quality=0.5), model=model)
+    assert decoded.shape == frames.shape
+
+
+def test_export_fits_quantiles_that_lag_their_densities(tiny_model):
+    """Quantiles far from their densities (a fresh prior, slow auxiliary optimizer) are fitted at export."""
+    import copy
+
+    from training.export import fit_quantiles
+
+    model = copy.deepcopy(tiny_model)  # the fixture is shared
+    with torch.no_grad():
+        model.inter.motion.prior.z_model.quantiles.add_(30.0)
+    before, after = fit_quantiles(model)
+    assert before > 100 and after < 0.01 * before

@@ -38,7 +38,7 @@ MEDIAN = 5
 ZERO_BIAS = 0.002
 
 
-def _luma(x: Tensor) -> Tensor:
+def luma(x: Tensor) -> Tensor:
     return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).float()
 
 
@@ -69,7 +69,7 @@ def _warp(img: Tensor, flow: Tensor) -> Tensor:
     return F.grid_sample(img, sampling_grid(flow), mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def _median(flow: Tensor, k: int = MEDIAN) -> Tensor:
+def median(flow: Tensor, k: int = MEDIAN) -> Tensor:
     """Per-component k x k median: removes the stray vectors of flat, ambiguous regions."""
     b, c, h, w = flow.shape
     patches = F.unfold(F.pad(flow, (k // 2,) * 4, mode="replicate"), k)  # [B, C*k*k, H*W]
@@ -83,16 +83,16 @@ def estimate_flow(x: Tensor, ref: Tensor) -> Tensor:
     Returns [B, 2, H, W]: (dx, dy) in pixels such that ``x(p) ~ ref(p + flow(p))``,
     the convention of :func:`neurocodec.models.motion.warp`.
     """
-    cur, prev = _luma(x), _luma(ref)
+    cur, prev = luma(x), luma(ref)
     pyramid = [(cur, prev)]
     for _ in range(LEVELS):
         cur, prev = F.avg_pool2d(cur, 2), F.avg_pool2d(prev, 2)
         pyramid.append((cur, prev))
     cur, prev = pyramid[-1]
-    flow = _median(_best_shift(cur, prev, RADIUS))
+    flow = median(_best_shift(cur, prev, RADIUS))
     for level in reversed(range(LEVELS)):
         cur, prev = pyramid[level]
         flow = 2.0 * F.interpolate(flow, scale_factor=2, mode="nearest")
-        radius, median = (1, 3) if level == 0 else (REFINE, MEDIAN)  # full resolution: the costly level
-        flow = _median(flow + _best_shift(cur, _warp(prev, flow), radius), median)
+        radius, k = (1, 3) if level == 0 else (REFINE, MEDIAN)  # full resolution: the costly level
+        flow = median(flow + _best_shift(cur, _warp(prev, flow), radius), k)
     return flow
