@@ -120,8 +120,8 @@ MV_BLOCK = 16
 MV_PRECISION = 4
 #: A block takes the median of its 3x3 neighbourhood's vectors instead of its own when that
 #: predicts it at most this much worse (mean absolute luma error, 0.5/255): a smoother field costs
-#: fewer bits, and on two held-out clips it also predicted better (median filtering removes
-#: block-averaging's stray vectors). Measured: 20-26 % fewer bits, +0.26-0.38 dB prediction.
+#: fewer bits, and in a quick check on two held-out clips it also predicted better (the median
+#: removes block averaging's stray vectors).
 MV_SMOOTH = 0.002
 
 
