@@ -24,30 +24,6 @@ from .data import VALIDATION_CLIPS
 from .train import TrainConfig, run_record
 
 
-def fit_quantiles(model: VideoModel, schedule: tuple[tuple[float, int], ...] = ((0.3, 1000), (0.03, 1000), (0.003, 500))
-                  ) -> tuple[float, float]:
-    """Fit the factorized densities' quantiles, which bound and centre their coding tables.
-
-    Training moves them with a slow optimizer of their own; after a change of
-    architecture (a new motion prior) they lagged far behind the densities
-    they describe (auxiliary loss 722 where converged ones sit near 1), and a
-    table range narrower than the values sends them to the coder's costly
-    escape path. Their loss involves no data, so export can finish the job in
-    seconds. Returns the auxiliary loss before and after.
-    """
-    params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
-    with torch.no_grad():
-        before = float(model.aux_loss())
-    for lr, steps in schedule:
-        opt = torch.optim.Adam(params, lr=lr)
-        for _ in range(steps):
-            opt.zero_grad()
-            model.aux_loss().backward()
-            opt.step()
-    with torch.no_grad():
-        return before, float(model.aux_loss())
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", type=Path)
@@ -60,8 +36,6 @@ def main(argv: list[str] | None = None) -> None:
     cfg = ck["config"]
     model = VideoModel(ModelConfig(**cfg.get("model", {})))
     model.load_state_dict(ck["model"], strict=False)
-    before, after = fit_quantiles(model)
-    print(f"hyper-latent quantiles fitted: auxiliary loss {before:.3g} -> {after:.3g}")
     model.eval().update()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.name}.safetensors"
