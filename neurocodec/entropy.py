@@ -228,9 +228,10 @@ class Hyperprior(nn.Module):
     start from what the past already explains.
     """
 
-    def __init__(self, latent_channels: int, hyper_channels: int, ctx_channels: int = 0):
+    def __init__(self, latent_channels: int, hyper_channels: int, ctx_channels: int = 0, zero_mean: bool = False):
         super().__init__()
         m, n = latent_channels, hyper_channels
+        self.m = m
         self.h_a = nn.Sequential(
             _conv(m, n, 3), nn.LeakyReLU(inplace=True),
             _conv(n, n, 5, 2), nn.LeakyReLU(inplace=True),
@@ -242,7 +243,9 @@ class Hyperprior(nn.Module):
             _conv(m * 3 // 2, 2 * m, 3),
         )
         self.scale_head = nn.Sequential(_conv(2 * m, 2 * m, 1), nn.LeakyReLU(inplace=True), _conv(2 * m, m, 1))
-        self.mean_head = nn.Sequential(
+        #: None for a zero-mean latent (``zero_mean``): its decoded values are then exactly its
+        #: integer symbols, for latents that must come back exact (summed motion-vector differences)
+        self.mean_head = None if zero_mean else nn.Sequential(
             _conv(2 * m + ctx_channels, 2 * m, 1), nn.LeakyReLU(inplace=True), _conv(2 * m, m, 1)
         )
         self.z_model = EntropyBottleneck(n)
@@ -255,6 +258,8 @@ class Hyperprior(nn.Module):
 
     def means(self, h: Tensor, ctx: Tensor | None) -> Tensor:
         """Means of ``y`` from hyper features ``h`` and the optional context."""
+        if self.mean_head is None:
+            return h.new_zeros(h.shape[0], self.m, *h.shape[2:])
         return self.mean_head(h if ctx is None else torch.cat([h, ctx.to(h.dtype)], dim=1))
 
     def forward(self, y: Tensor, ctx: Tensor | None = None) -> Relaxed:
@@ -313,7 +318,7 @@ class Hyperprior(nn.Module):
             return h, scale_index(head(h))
 
     def _coding_means(self, h: Tensor, ctx: Tensor | None) -> Tensor:
-        dtype = self.mean_head[0].weight.dtype  # float32 unless someone converted the model
+        dtype = torch.float32 if self.mean_head is None else self.mean_head[0].weight.dtype  # float32 unless converted
         with torch.autocast(h.device.type, enabled=False):  # no half-precision means: they set y_hat
             return self.means((h * 2.0**-SCALE_FRACTION_BITS).to(dtype), None if ctx is None else ctx.to(dtype))
 

@@ -89,8 +89,8 @@ def test_a_block_motion_model_round_trips_bit_exactly():
 
 
 def test_block_motion_sends_the_searched_vectors():
-    """A 21-pixel pan arrives as 21 pixels, to within 1/8 px, whatever the (here untrained)
-    entropy model predicts: the coded vectors are the searched ones."""
+    """A 21-pixel pan arrives as 21 pixels whatever the (here untrained) entropy model
+    predicts: the decoder gets the searched vectors exactly."""
     from neurocodec.models.motion import BlockMotionCoder
 
     torch.manual_seed(0)
@@ -100,9 +100,9 @@ def test_block_motion_sends_the_searched_vectors():
     cur = torch.roll(ref, shifts=(6, -21), dims=(2, 3))
     sent = BlockMotionCoder.vectors(cur, ref)
     with torch.no_grad():
-        _, y_hat = model.inter.motion.prior.prepare(sent)
+        _, d_hat = model.inter.motion.prior.prepare(BlockMotionCoder.differences(sent))
         _, flow = model.inter.motion.compress(cur, ref, torch.tensor([0.5]))
-    assert (y_hat - sent).abs().max() <= 0.5
+    assert torch.equal(BlockMotionCoder.integrate(d_hat), sent)  # exact: zero means, integer sums
     assert flow.shape == (1, 2, 128, 192)
     assert (sent[0, :, 2:-2, 2:-2] / 4).flatten(1).mode(dim=1).values.tolist() == [21, -6]
     moved = flow[0, :, 32:-32, 32:-32].flatten(1)  # away from the edges the roll wraps
@@ -136,3 +136,13 @@ def test_an_unknown_motion_coder_is_refused():
 
     with pytest.raises(InputError, match="motion coder"):
         ModelConfig.from_json(dataclasses.replace(TINY, motion_coder="optical").to_json())
+
+
+def test_vector_differences_sum_back_exactly():
+    from neurocodec.models.motion import BlockMotionCoder
+
+    v = torch.randint(-800, 800, (2, 2, 5, 7)).float()
+    d = BlockMotionCoder.differences(v)
+    assert torch.equal(BlockMotionCoder.integrate(d), v)
+    smooth = torch.full_like(v, 12.0)  # one motion everywhere: one non-zero difference per frame and component
+    assert (BlockMotionCoder.differences(smooth) != 0).sum() == 2 * 2

@@ -129,20 +129,23 @@ class BlockMotionCoder(nn.Module):
     """Codes the encoder's searched motion explicitly: one quarter-pel vector per 16x16 block.
 
     Why: trained end to end, the learned :class:`MotionCoder` reproduces the
-    block-matching search only roughly. On held-out cockatoo (640x360,
+    block-matching search only roughly: on held-out cockatoo (640x360,
     quality 0.5) its prediction reaches 21-27 dB where the search's reaches
-    29-31 dB, and the residual then costs about 1.8x the bits
-    (``eval/motion.py``). Here the vectors themselves are the latent, as in a
-    classical codec: a hyperprior learns what they cost, and the decoder
-    interpolates them bilinearly to a dense flow. Nothing about the motion is
-    left to training but its entropy model, and the decoder runs no motion network.
+    29-31 dB (``python -m eval.motion``). Here the vectors are sent as a
+    classical codec sends them: each as its difference from its left
+    neighbour (the first column from the one above), and a zero-mean
+    hyperprior learns where those differences are large (motion boundaries)
+    and where they are nothing (smooth motion, nearly free). Zero means keep
+    the decoded differences exact integers, so summing them back up gives
+    the encoder's vectors bit for bit on every device. The decoder runs no
+    motion network, only a bilinear interpolation of the vectors.
     """
 
     search = True
 
     def __init__(self, z: int):
         super().__init__()
-        self.prior = Hyperprior(2, z)
+        self.prior = Hyperprior(2, z, zero_mean=True)
 
     @staticmethod
     @torch.no_grad()
@@ -165,23 +168,33 @@ class BlockMotionCoder(nn.Module):
                 v = torch.where(error(smooth) <= error(v) + MV_SMOOTH, smooth, v)
         return v
 
+    @staticmethod
+    def differences(v: Tensor) -> Tensor:
+        """What is coded: each vector minus its left neighbour; the first column minus the one above."""
+        d = v.clone()
+        d[..., 1:] -= v[..., :-1]
+        d[..., 1:, 0] -= v[..., :-1, 0]
+        return d
+
+    @staticmethod
+    def integrate(d: Tensor) -> Tensor:
+        """Inverse of :meth:`differences` (exact: integers far below 2^24 in float32)."""
+        return torch.cat([d[..., :1].cumsum(-2), d[..., 1:]], dim=-1).cumsum(-1)
+
     def forward(self, x: Tensor, ref: Tensor, q: Tensor, hint: Tensor | None = None
                 ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Training path: only the vectors' entropy model learns (the vectors come from the search)."""
-        y_hat, lik, *_ = self.prior(self.vectors(x, ref, hint))
-        return self._flow(y_hat), lik
+        """Training path: only the differences' entropy model learns (the vectors come from the search)."""
+        d_hat, lik, *_ = self.prior(self.differences(self.vectors(x, ref, hint)))
+        return self._flow(d_hat), lik
 
     def compress(self, x: Tensor, ref: Tensor, q: Tensor) -> tuple[Coded, Tensor]:
-        coded, y_hat = self.prior.prepare(self.vectors(x, ref))
-        return coded, self._flow(y_hat)
+        coded, d_hat = self.prior.prepare(self.differences(self.vectors(x, ref)))
+        return coded, self._flow(d_hat)
 
     def reconstruct(self, parsed: Parsed, q: Tensor) -> Tensor:
         return self._flow(self.prior.reconstruct(parsed))
 
-    @staticmethod
-    def _flow(y_hat: Tensor) -> Tensor:
-        # y_hat = round(v - mean) + mean is within half a unit of the sent vector v: the decoder
-        # moves pixels by at most 1/8 px more or less than the encoder searched, and exactly as
-        # the encoder's own reconstruction does.
-        return F.interpolate(y_hat.float() / MV_PRECISION, scale_factor=MV_BLOCK, mode="bilinear",
-                             align_corners=False)
+    @classmethod
+    def _flow(cls, d_hat: Tensor) -> Tensor:
+        v = cls.integrate(d_hat.float()) / MV_PRECISION
+        return F.interpolate(v, scale_factor=MV_BLOCK, mode="bilinear", align_corners=False)
