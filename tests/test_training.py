@@ -206,3 +206,14 @@ def test_export_writes_weights_that_code_and_a_card(setup, tmp_path):
     decoded = neurocodec.decode(neurocodec.encode(frames, model=model, quality=0.5), model=model)
     assert decoded.shape == frames.shape
 
+
+
+def test_one_process_per_run_folder(tmp_path):
+    lock = train.RunLock(tmp_path)
+    with pytest.raises(SystemExit, match="another process"):
+        train.RunLock(tmp_path)
+    lock.check()
+    (tmp_path / ".lock").unlink()
+    (tmp_path / ".lock").write_text("someone else's\n")  # the folder was replaced under the run
+    with pytest.raises(SystemExit, match="no longer this run's folder"):
+        lock.check()

@@ -23,6 +23,7 @@ exactly where it stopped.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -266,6 +267,40 @@ def parent_of(init: str) -> tuple[dict[str, torch.Tensor], list[dict], str | Non
     return weights, shipped.history, shipped.weight_hash
 
 
+class RunLock:
+    """One training process per run folder.
+
+    Two processes writing one folder interleave their logs and overwrite each
+    other's checkpoints, and the result is neither run (it happened: a run
+    that ignored the interrupt meant to stop it, started in the background,
+    kept going beside its restart). The lock is an ``flock`` on a file in the
+    folder, released by the kernel whenever the process ends, so it never goes
+    stale; and before each checkpoint the run checks that its folder is still
+    the one it locked (not moved away and replaced by another run's).
+    """
+
+    def __init__(self, folder: Path):
+        self.path = folder / ".lock"
+        self.handle = self.path.open("w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise SystemExit(f"{folder} is being trained by another process (it holds {self.path})") from None
+        self.handle.write(f"{os.getpid()}\n")
+        self.handle.flush()
+
+    def check(self) -> None:
+        """Stop if the folder was moved or taken over since the lock was taken."""
+        try:
+            same = os.stat(self.path).st_ino == os.fstat(self.handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise SystemExit(f"{self.path.parent} is no longer this run's folder (moved or replaced): stopping "
+                             "without writing into it")
+
+
 def save(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -328,6 +363,7 @@ def main(argv: list[str] | None = None) -> None:
                          f"or start a new run (--out)")
     if main_process:
         args.out.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(args.out)
         saved.write_text(args.config.read_text())
     torch.set_num_threads(cfg.threads)
     torch.backends.cudnn.benchmark = device.startswith("cuda")  # fixed crop size: tuned kernels pay
@@ -429,6 +465,7 @@ def main(argv: list[str] | None = None) -> None:
             if (step + 1) % cfg.ckpt_every == 0 or done or steps_left == 0:
                 samplers, rngs = gather(sampler.rng.bit_generator.state), gather(rng_state(device))
                 if main_process:
+                    lock.check()
                     save(ckpt_path, {
                         "model": model.state_dict(), "opt": None if done else opt.state_dict(),
                         "aux_opt": aux_opt.state_dict(), "stage_idx": stage_idx + done,
