@@ -131,7 +131,7 @@ class BlockMotionCoder(nn.Module):
     Why: trained end to end, the learned :class:`MotionCoder` reproduces the
     block-matching search only roughly: on held-out cockatoo (640x360,
     quality 0.5) its prediction reaches 21-27 dB where the search's reaches
-    29-31 dB (``python -m eval.motion``). Here the vectors are sent as a
+    29-32 dB (``python -m eval.motion``). Here the vectors are sent as a
     classical codec sends them: each as its difference from its left
     neighbour (the first column from the one above), and a zero-mean
     hyperprior learns where those differences are large (motion boundaries)
