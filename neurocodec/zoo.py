@@ -44,7 +44,8 @@ def _register(name: str, weights: str, description: str) -> None:
 _register(
     "nc-starter",
     "nc-starter.safetensors",
-    "4.5M-parameter starter model (encoder motion search) trained briefly on CPU; see weights/nc-starter.md",
+    "3.9M-parameter starter model (block motion vectors from an encoder search) trained briefly on CPU; "
+    "see weights/nc-starter.md",
 )
 _register(
     "nc-small",
