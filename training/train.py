@@ -198,7 +198,7 @@ def widened(parent: dict[str, torch.Tensor], child: dict[str, torch.Tensor]) -> 
     return out
 
 
-def modules(keys: list[str]) -> list[str]:
+def module_names(keys: list[str]) -> list[str]:
     """The modules (``inter.motion.prior``, ...) that a list of state-dict keys belongs to, for messages."""
     return sorted({k.rsplit(".", 2)[0] for k in keys})
 
@@ -412,8 +412,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"initialized from {args.init}")
             fresh, dropped = sorted(set(mine) - set(kept)), sorted(set(weights) - set(kept))
             if fresh or dropped:  # another architecture (e.g. another motion coder): say what did not carry over
-                print(f"  {len(fresh)} tensors start fresh ({', '.join(modules(fresh))}); "
-                      f"{len(dropped)} of the parent's are dropped ({', '.join(modules(dropped))})")
+                print(f"  {len(fresh)} tensors start fresh ({', '.join(module_names(fresh))}); "
+                      f"{len(dropped)} of the parent's are dropped ({', '.join(module_names(dropped))})")
     train_step: torch.nn.Module = TrainStep(model)
     if world > 1:
         train_step = torch.nn.parallel.DistributedDataParallel(train_step, find_unused_parameters=True)

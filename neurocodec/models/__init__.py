@@ -53,10 +53,11 @@ class ModelConfig:
         unknown = set(data) - known
         if unknown:
             raise InputError(f"unknown model config keys: {sorted(unknown)}")
-        config = cls(**data)
-        if config.motion_coder not in MOTION_CODERS:
-            raise InputError(f"unknown motion coder {config.motion_coder!r}; known: {MOTION_CODERS}")
-        return config
+        return cls(**data)
+
+    def __post_init__(self) -> None:
+        if self.motion_coder not in MOTION_CODERS:
+            raise InputError(f"unknown motion coder {self.motion_coder!r}; known: {MOTION_CODERS}")
 
 
 class VideoModel(nn.Module):
