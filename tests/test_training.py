@@ -217,3 +217,15 @@ def test_one_process_per_run_folder(tmp_path):
     (tmp_path / ".lock").write_text("someone else's\n")  # the folder was replaced under the run
     with pytest.raises(SystemExit, match="no longer this run's folder"):
         lock.check()
+
+
+def test_the_gpu_session_fine_tunes_the_shipped_architecture():
+    """training/gpu_session.sh fine-tunes --init nc-starter with gpu.json: a config of another
+    architecture would silently train fresh modules in place of the shipped ones."""
+    from pathlib import Path
+
+    from neurocodec.models import ModelConfig
+    from neurocodec.zoo import load_model
+
+    config = json.loads((Path(train.__file__).parent / "configs" / "gpu.json").read_text())["model"]
+    assert ModelConfig(**config) == load_model("nc-starter").config
