@@ -110,12 +110,11 @@ def test_block_motion_sends_the_searched_vectors():
 
 
 def test_block_motion_trains_its_entropy_model_and_inherits_the_rest():
-    from training.train import Stage, stage_loss
+    from training.train import Stage, load_matching, stage_loss
 
     torch.manual_seed(0)
     parent, model = VideoModel(dataclasses.replace(TINY, motion_search=True)), VideoModel(BLOCKS)
-    theirs, mine = parent.state_dict(), model.state_dict()
-    model.load_state_dict({k: v for k, v in theirs.items() if k in mine and v.shape == mine[k].shape}, strict=False)
+    load_matching(model, parent.state_dict())
     torch.testing.assert_close(model.inter.g_a[0].weight, parent.inter.g_a[0].weight)
     model.intra.forward = lambda x, q: {"x_hat": x}
     image = _tensor(demo_clip(64, 64, 1)[0])

@@ -207,7 +207,6 @@ def test_export_writes_weights_that_code_and_a_card(setup, tmp_path):
     assert decoded.shape == frames.shape
 
 
-
 def test_one_process_per_run_folder(tmp_path):
     lock = train.RunLock(tmp_path)
     with pytest.raises(SystemExit, match="another process"):

@@ -198,6 +198,17 @@ def widened(parent: dict[str, torch.Tensor], child: dict[str, torch.Tensor]) -> 
     return out
 
 
+def load_matching(model: torch.nn.Module, parent: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Load ``parent``'s weights into ``model`` wherever names and shapes match (after
+    :func:`widened`), for ``--init`` from another architecture (another motion coder).
+    Returns the model's keys that start fresh and the parent's that are dropped."""
+    mine = model.state_dict()
+    weights = widened(parent, mine)
+    kept = {k: v for k, v in weights.items() if k in mine and v.shape == mine[k].shape}
+    model.load_state_dict(kept, strict=False)
+    return sorted(set(mine) - set(kept)), sorted(set(weights) - set(kept))
+
+
 def module_names(keys: list[str]) -> list[str]:
     """The modules (``inter.motion.prior``, ...) that a list of state-dict keys belongs to, for messages."""
     return sorted({k.rsplit(".", 2)[0] for k in keys})
@@ -404,13 +415,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"resumed at stage {first_stage} step {step}")
     elif args.init is not None:
         weights, history, init_hash = parent_of(args.init)
-        mine = model.state_dict()
-        weights = widened(weights, mine)
-        kept = {k: v for k, v in weights.items() if k in mine and v.shape == mine[k].shape}
-        model.load_state_dict(kept, strict=False)
+        fresh, dropped = load_matching(model, weights)
         if main_process:
             print(f"initialized from {args.init}")
-            fresh, dropped = sorted(set(mine) - set(kept)), sorted(set(weights) - set(kept))
             if fresh or dropped:  # another architecture (e.g. another motion coder): say what did not carry over
                 print(f"  {len(fresh)} tensors start fresh ({', '.join(module_names(fresh))}); "
                       f"{len(dropped)} of the parent's are dropped ({', '.join(module_names(dropped))})")

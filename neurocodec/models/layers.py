@@ -48,6 +48,11 @@ def sampling_grid(flow: Tensor) -> Tensor:
     return torch.stack([gx, gy], dim=-1)
 
 
+def bilinear_warp(img: Tensor, flow: Tensor) -> Tensor:
+    """Bilinear sample of ``img`` [B, C, H, W] at pixel displacements ``flow`` [B, >=2, H, W], edges replicated."""
+    return F.grid_sample(img, sampling_grid(flow), mode="bilinear", padding_mode="border", align_corners=True)
+
+
 def cat_channels(tensors: list[Tensor], conv: nn.Conv2d) -> Tensor:
     """Concatenate along channels, ready for ``conv``: in the dtype it computes
     in and its memory format.

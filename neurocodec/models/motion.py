@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .._compat import GDN
 from ..entropy import Coded, Hyperprior, Parsed
 from ..profiling import stage
-from .layers import GainPair, analysis, cat_channels, conv, deconv, sampling_grid
+from .layers import GainPair, analysis, bilinear_warp, cat_channels, conv, deconv, sampling_grid
 from .search import estimate_flow, luma, median
 
 #: Blur levels of the scale-space volume: average-pooled by 1, 2, 4, 8.
@@ -49,7 +49,7 @@ def warp(ref: Tensor, flow: Tensor) -> Tensor:
     b, c, h, w = ref.shape
     flow = flow.to(ref.dtype)  # a half-precision flow must not set the grid's precision
     if flow.shape[1] == 2:
-        return F.grid_sample(ref, sampling_grid(flow), mode="bilinear", padding_mode="border", align_corners=True)
+        return bilinear_warp(ref, flow)
     grid = sampling_grid(flow).repeat_interleave(BLUR_LEVELS, dim=0)
     samples = F.grid_sample(
         scale_space(ref).flatten(0, 1), grid, mode="bilinear", padding_mode="border", align_corners=True
@@ -152,20 +152,22 @@ class BlockMotionCoder(nn.Module):
     def vectors(x: Tensor, ref: Tensor, hint: Tensor | None = None) -> Tensor:
         """Integer block vectors [B, 2, H/16, W/16] in 1/MV_PRECISION px: the searched flow
         block-averaged, then smoothed where smoothing costs (almost) no prediction quality."""
-        if hint is None:
-            with stage("search"):
-                hint = estimate_flow(x, ref)
         with stage("search"):
+            if hint is None:
+                hint = estimate_flow(x, ref)
             v = torch.round(F.avg_pool2d(hint.float(), MV_BLOCK) * MV_PRECISION)
             cur, prev = luma(x), luma(ref)
 
-            def error(v: Tensor) -> Tensor:
+            def error(v: Tensor) -> Tensor:  # per block: it depends on that block's vector alone
                 flow = F.interpolate(v / MV_PRECISION, scale_factor=MV_BLOCK, mode="nearest")
-                return F.avg_pool2d((warp(prev, flow) - cur).abs(), MV_BLOCK)
+                return F.avg_pool2d((bilinear_warp(prev, flow) - cur).abs(), MV_BLOCK)
 
+            err = error(v)
             for _ in range(2):
                 smooth = median(v, 3)
-                v = torch.where(error(smooth) <= error(v) + MV_SMOOTH, smooth, v)
+                err_smooth = error(smooth)
+                better = err_smooth <= err + MV_SMOOTH
+                v, err = torch.where(better, smooth, v), torch.where(better, err_smooth, err)
         return v
 
     @staticmethod

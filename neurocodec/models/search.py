@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layers import sampling_grid
+from .layers import bilinear_warp
 
 #: Pyramid levels below full resolution: the search starts at 1/2^LEVELS.
 LEVELS = 3
@@ -64,11 +64,6 @@ def _best_shift(cur: Tensor, ref: Tensor, radius: int) -> Tensor:
     return best
 
 
-def _warp(img: Tensor, flow: Tensor) -> Tensor:
-    """Bilinear sample of ``img`` [B, C, H, W] at ``flow`` (pixels), edges replicated."""
-    return F.grid_sample(img, sampling_grid(flow), mode="bilinear", padding_mode="border", align_corners=True)
-
-
 def median(flow: Tensor, k: int = MEDIAN) -> Tensor:
     """Per-component k x k median: removes the stray vectors of flat, ambiguous regions."""
     b, c, h, w = flow.shape
@@ -94,5 +89,5 @@ def estimate_flow(x: Tensor, ref: Tensor) -> Tensor:
         cur, prev = pyramid[level]
         flow = 2.0 * F.interpolate(flow, scale_factor=2, mode="nearest")
         radius, k = (1, 3) if level == 0 else (REFINE, MEDIAN)  # full resolution: the costly level
-        flow = median(flow + _best_shift(cur, _warp(prev, flow), radius), k)
+        flow = median(flow + _best_shift(cur, bilinear_warp(prev, flow), radius), k)
     return flow
