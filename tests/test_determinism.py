@@ -147,3 +147,27 @@ def test_entropy_workers_beside_cuda_code_as_cuda_alone(tiny_model, clip):
     data = neurocodec.encode(clip, gop=3, **cuda)
     assert neurocodec.encode(clip, gop=3, entropy_workers=2, **cuda) == data
     assert np.array_equal(neurocodec.decode(data, entropy_workers=2, **cuda), neurocodec.decode(data, **cuda))
+
+
+@cuda
+def test_block_motion_streams_cross_devices():
+    """Block vectors come out of the decoder as exact integers: a CPU stream decodes on the GPU
+    and a GPU stream on the CPU, in half precision too, to the other device's frames."""
+    import dataclasses
+
+    from neurocodec.models import VideoModel
+    from neurocodec.synthetic import moving_pattern
+
+    from .conftest import TINY
+
+    torch.manual_seed(0)
+    cpu_model = VideoModel(dataclasses.replace(TINY, motion_search=True, motion_coder="blocks")).eval()
+    cpu_model.update()
+    gpu_model = copy.deepcopy(cpu_model)
+    frames = moving_pattern(96, 64, 5, seed=4)
+    from_cpu = neurocodec.encode(frames, model=cpu_model, gop=-1)
+    _close(neurocodec.decode(from_cpu, model=gpu_model, device="cuda", precision="fp16"),
+           neurocodec.decode(from_cpu, model=cpu_model))
+    from_gpu = neurocodec.encode(frames, model=gpu_model, gop=-1, device="cuda", precision="fp16")
+    _close(neurocodec.decode(from_gpu, model=cpu_model),
+           neurocodec.decode(from_gpu, model=gpu_model, device="cuda", precision="fp16"))
