@@ -44,8 +44,8 @@ def _register(name: str, weights: str, description: str) -> None:
 _register(
     "nc-starter",
     "nc-starter.safetensors",
-    "3.9M-parameter starter model (block motion vectors from an encoder search) trained briefly on CPU; "
-    "see weights/nc-starter.md",
+    "3.9M-parameter starter model (block motion vectors from an encoder search) trained briefly "
+    "(8 CPU hours, 10 GPU minutes); see weights/nc-starter.md",
 )
 _register(
     "nc-small",
