@@ -228,3 +228,21 @@ def test_the_gpu_session_fine_tunes_the_shipped_architecture():
 
     config = json.loads((Path(train.__file__).parent / "configs" / "gpu.json").read_text())["model"]
     assert ModelConfig(**config) == load_model("nc-starter").config
+
+
+@pytest.mark.parametrize("name", ["nc-starter", "nc-small"])
+def test_a_model_card_reruns_from_committed_configs(name):
+    """Every training command in a shipped model's card names a config in the repository,
+    and the last one builds the shipped architecture: the card is the recipe to rerun."""
+    import re
+    from pathlib import Path
+
+    from neurocodec.models import ModelConfig
+    from neurocodec.zoo import load_model
+
+    root = Path(train.__file__).parent.parent
+    card = (root / "neurocodec" / "weights" / f"{name}.md").read_text()
+    configs = re.findall(r"python -m training\.train (\S+)", card)
+    assert configs and all((root / c).is_file() for c in configs), configs
+    last = json.loads((root / configs[-1]).read_text())["model"]
+    assert ModelConfig(**last) == load_model(name).config
