@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ torch.set_num_threads(1)
 DATA = Path(__file__).parent / "data"
 #: Small enough that a unit test codes a frame in milliseconds.
 TINY = ModelConfig(n=16, m=16, z=16, motion_n=16, motion_m=16, motion_z=16, feat=8)
+#: The same with the shipped motion coder: searched vectors sent per block.
+BLOCKS = dataclasses.replace(TINY, motion_search=True, motion_coder="blocks")
 
 
 @pytest.fixture(scope="session")

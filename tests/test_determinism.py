@@ -153,15 +153,13 @@ def test_entropy_workers_beside_cuda_code_as_cuda_alone(tiny_model, clip):
 def test_block_motion_streams_cross_devices():
     """Block vectors come out of the decoder as exact integers: a CPU stream decodes on the GPU
     and a GPU stream on the CPU, in half precision too, to the other device's frames."""
-    import dataclasses
-
     from neurocodec.models import VideoModel
     from neurocodec.synthetic import moving_pattern
 
-    from .conftest import TINY
+    from .conftest import BLOCKS
 
     torch.manual_seed(0)
-    cpu_model = VideoModel(dataclasses.replace(TINY, motion_search=True, motion_coder="blocks")).eval()
+    cpu_model = VideoModel(BLOCKS).eval()
     cpu_model.update()
     gpu_model = copy.deepcopy(cpu_model)
     frames = moving_pattern(96, 64, 5, seed=4)

@@ -14,7 +14,7 @@ from neurocodec.models.search import estimate_flow
 from neurocodec.synthetic import demo_clip, moving_pattern
 from training.train import widened
 
-from .conftest import TINY
+from .conftest import BLOCKS, TINY
 
 
 def _tensor(frame: np.ndarray) -> torch.Tensor:
@@ -75,9 +75,6 @@ def test_flow_teacher_and_drift_penalty_train_a_searching_model():
         model.zero_grad()
         stats["loss"].backward()
         assert model.inter.motion.g_s[-1].weight.grad.abs().sum() > 0
-
-
-BLOCKS = dataclasses.replace(TINY, motion_search=True, motion_coder="blocks")
 
 
 def test_a_block_motion_model_round_trips_bit_exactly():
