@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import gc
 import json
 import os
 import platform
@@ -494,6 +495,12 @@ def main(argv: list[str] | None = None) -> None:
         log.close()
         print(f"done: {ckpt_path} ({elapsed / 60:.1f} min of training)")
     if world > 1:  # leave together: a process exiting mid-collective aborts its peer
+        # Free DDP's reducer while the process group is still registered, so that it is not what
+        # destroys the group. Left to interpreter exit, it dropped the group's last reference with
+        # the GIL held and joined gloo's worker thread, which was waiting for the GIL to free the
+        # barrier's work: a hang of the torchrun smoke test (a gdb backtrace of the stuck rank).
+        del train_step
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 
