@@ -246,3 +246,62 @@ def test_a_model_card_reruns_from_committed_configs(name):
     assert configs and all((root / c).is_file() for c in configs), configs
     last = json.loads((root / configs[-1]).read_text())["model"]
     assert ModelConfig(**last) == load_model(name).config
+
+
+def test_replay_reruns_a_chain_through_shipped_weights_exactly(setup, tmp_path, capsys):
+    """A two-run chain whose second run started from exported weights, replayed from the weights
+    file alone (its first run interrupted and resumed), gives the same weights, hash for hash."""
+    from neurocodec.zoo import load_model
+    from training import export, replay
+
+    root, config = setup
+    train.main([str(config), "--out", str(tmp_path / "a"), "--stop-after", "3"])
+    parent, parent_hash = export.export(tmp_path / "a" / "ckpt.pt", "chain", tmp_path / "w1")
+    train.main([str(config), "--out", str(tmp_path / "b"), "--init", str(parent), "--stop-after", "2"])
+    shipped, shipped_hash = export.export(tmp_path / "b" / "ckpt.pt", "chain", tmp_path / "w2")
+
+    runs = tmp_path / "replay"
+    train.main(train.rerun_args(load_model(shipped).history[0], 0, "chain", str(runs)) + ["--stop-after", "1"])
+    capsys.readouterr()
+    replay.main([str(shipped), "--runs-dir", str(runs)])
+    out = capsys.readouterr().out
+    assert f"parent weights {parent_hash}: the same" in out
+    assert f"weights {shipped_hash}, reproduced exactly" in out
+    assert load_model(runs / "chain.safetensors").weight_hash == shipped_hash
+    replay.main([str(shipped), "--runs-dir", str(runs)])  # again: nothing left to train
+    assert capsys.readouterr().out.count("finished") == 2
+
+
+def test_replay_checks_its_inputs_before_training(setup, tmp_path):
+    """A config that no longer says what the run trained, or data that is not here, stops the
+    replay before its first step, not hours into it."""
+    from neurocodec.zoo import load_model
+    from training import export, replay
+
+    root, config = setup
+    changed = tmp_path / "config.json"
+    changed.write_text(config.read_text())
+    train.main([str(changed), "--out", str(tmp_path / "a"), "--stop-after", "2"])
+    shipped, _ = export.export(tmp_path / "a" / "ckpt.pt", "chain", tmp_path / "w")
+    runs = load_model(shipped).history
+    assert replay.problems(runs) == []
+    changed.write_text(json.dumps({**json.loads(config.read_text()), "crop": 32}))
+    assert "no longer says what the run trained" in replay.problems(runs)[0]
+    assert "not here" in replay.problems([{**runs[0], "config_path": str(config), "video_dir": "nowhere"}])[0]
+    with pytest.raises(SystemExit, match="1 problem"):
+        replay.main([str(shipped), "--runs-dir", str(tmp_path / "runs")])
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["nc-starter", "nc-small"])
+def test_a_model_card_prints_the_recorded_chain(name):
+    """The card's commands are the ones ``training.replay`` runs: both are read from the record."""
+    from pathlib import Path
+
+    from neurocodec.zoo import load_model
+
+    root = Path(train.__file__).parent.parent
+    card = (root / "neurocodec" / "weights" / f"{name}.md").read_text()
+    history = load_model(name).history
+    for k, run in enumerate(history):
+        assert f"`python -m training.train {' '.join(train.rerun_args(run, k, name))}`" in card

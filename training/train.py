@@ -259,6 +259,28 @@ def run_record(ck: dict) -> dict:
             "batch": ck["config"].get("batch"), "crop": ck["config"].get("crop")}
 
 
+def rerun_args(run: dict, k: int, name: str, runs_dir: str = "runs") -> list[str]:
+    """The ``training.train`` arguments that rerun run ``k`` of a chain recorded by :func:`run_record`
+    into ``RUNS_DIR/NAME-k``: the inverse of the record, shared by the model card and ``training.replay``.
+
+    A run's parent is always the chain's previous run, never the name it was given then
+    (``--init nc-starter`` meant the weights shipped that day, not today's). A parent that was
+    shipped weights (its hash is recorded) is the previous run exported, as it was then: export
+    rounds kernels to float16, so its checkpoint would be another starting point.
+    """
+    argv = [run["config_path"], "--out", f"{runs_dir}/{name}-{k}"]
+    if k:
+        parent = f"{runs_dir}/{name}-{k - 1}"
+        argv += ["--init", f"{parent}/{name}.safetensors" if run.get("init_hash") else f"{parent}/ckpt.pt"]
+    if run.get("stop_after"):
+        argv += ["--stop-after", str(run["stop_after"])]
+    if run.get("video_dir", TrainConfig.video_dir) != TrainConfig.video_dir:
+        argv += ["--video-dir", run["video_dir"]]
+    if run.get("amp"):
+        argv.append("--amp")
+    return argv
+
+
 def parent_of(init: str) -> tuple[dict[str, torch.Tensor], list[dict], str | None]:
     """Model weights, run history (for the model card) and, for shipped weights, their hash, that
     ``--init`` names (a model name says which weights only until new ones replace them).
