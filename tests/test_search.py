@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 import neurocodec
@@ -95,7 +96,7 @@ def test_block_motion_sends_the_searched_vectors():
     model.update()
     ref = _tensor(demo_clip(192, 128, 1)[0])
     cur = torch.roll(ref, shifts=(6, -21), dims=(2, 3))
-    sent = BlockMotionCoder.vectors(cur, ref)
+    sent = BlockMotionCoder.vectors(cur, ref, torch.tensor([0.5]))
     with torch.no_grad():
         _, d_hat = model.inter.motion.prior.prepare(BlockMotionCoder.differences(sent))
         _, flow = model.inter.motion.compress(cur, ref, torch.tensor([0.5]))
@@ -145,3 +146,58 @@ def test_vector_differences_sum_back_exactly():
     assert torch.equal(BlockMotionCoder.integrate(d), v)
     smooth = torch.full_like(v, 12.0)  # one motion everywhere: one non-zero difference per frame and component
     assert (BlockMotionCoder.differences(smooth) != 0).sum() == 2 * 2
+
+
+def test_vector_choice_is_exact_along_each_row_and_down_the_first_column():
+    """Brute force on a small grid: the first column is the cheapest chain of its own (coded
+    top to bottom), and each row the cheapest given its first block; mu = 0 takes the cheapest
+    candidate per block, a huge mu the field whose differences cost fewest bits."""
+    import itertools
+
+    from neurocodec.models.motion import BlockMotionCoder, choose_vectors, difference_bits
+
+    torch.manual_seed(3)
+    b, k, h, w = 2, 3, 3, 4
+    cand = torch.randint(-6, 7, (b, k, 2, h, w)).float()
+    cand[:, :, 0] += 20 * torch.arange(k).view(1, k, 1, 1)  # distinct per block: a vector names its candidate
+    cost = torch.rand(b, k, h, w) * 20
+    mu = torch.tensor([2.0, 5.0])
+    chosen = choose_vectors(cand, cost, mu)
+
+    def total(bi: int, picks: torch.Tensor, blocks: list[tuple[int, int]]) -> float:
+        """Cost plus mu * bits over ``blocks`` of the field that picks candidate picks[r, i] at (r, i)."""
+        field = cand[bi].gather(0, picks.expand(1, 2, h, w)).squeeze(0)
+        bits = difference_bits(BlockMotionCoder.differences(field[None])[0].movedim(0, -1))
+        return sum(cost[bi, picks[r, i], r, i].item() + mu[bi].item() * bits[r, i].item() for r, i in blocks)
+
+    def with_picks(base: torch.Tensor, blocks: list[tuple[int, int]], ps: tuple[int, ...]) -> torch.Tensor:
+        picks = base.clone()
+        for (r, i), c in zip(blocks, ps, strict=True):
+            picks[r, i] = c
+        return picks
+
+    for bi in range(b):
+        viterbi = (cand[bi, :, 0] == chosen[bi, 0][None]).float().argmax(0)  # [h, w] candidate indices
+        assert torch.equal(cand[bi].gather(0, viterbi.expand(1, 2, h, w)).squeeze(0), chosen[bi])
+        column = [(r, 0) for r in range(h)]
+        best = min(total(bi, with_picks(viterbi, column, ps), column) for ps in itertools.product(range(k), repeat=h))
+        assert total(bi, viterbi, column) == pytest.approx(best)
+        for r in range(h):
+            row = [(r, i) for i in range(1, w)]
+            best = min(total(bi, with_picks(viterbi, row, ps), row) for ps in itertools.product(range(k), repeat=w - 1))
+            assert total(bi, viterbi, row) == pytest.approx(best)
+    free = choose_vectors(cand, cost, torch.zeros(b))
+    assert torch.equal(free, cand.gather(1, cost.argmin(1)[:, None, None].expand(b, 1, 2, h, w)).squeeze(1))
+    flat = torch.cat([cand[:, :1], torch.zeros(b, 1, 2, h, w)], 1)
+    assert choose_vectors(flat, torch.rand(b, 2, h, w), torch.full((b,), 1e6)).abs().max() == 0
+
+
+def test_lower_quality_sends_cheaper_vectors():
+    """The vectors chosen at lower quality cost fewer (estimated) bits: the rate weight grows."""
+    from neurocodec.models.motion import BlockMotionCoder, difference_bits
+
+    frames = moving_pattern(192, 128, 2, seed=1)
+    ref, cur = _tensor(frames[0]), _tensor(frames[1])
+    bits = [difference_bits(BlockMotionCoder.differences(
+        BlockMotionCoder.vectors(cur, ref, torch.tensor([q]))).movedim(1, -1)).sum() for q in (0.0, 0.5, 1.0)]
+    assert bits[0] < bits[1] < bits[2]

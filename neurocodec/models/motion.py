@@ -125,6 +125,58 @@ MV_PRECISION = 4
 MV_SMOOTH = 0.002
 
 
+#: Rate weight of the vector choice at quality 1: block SAD (8-bit luma, summed over the block)
+#: one bit of vector differences is worth. Towards quality 0 it grows as 1 / sqrt(lambda), the way a
+#: classical encoder's motion lambda follows its mode lambda: x MV_RATE_SPAN at quality 0.
+MV_RATE = 4.0
+MV_RATE_SPAN = 7.2
+
+
+def difference_bits(d: Tensor) -> Tensor:
+    """Roughly the bits a vector difference costs, summed over its last dimension (dx, dy):
+    a signed Exp-Golomb code's length, with zero free (smooth motion costs next to nothing)."""
+    a = d.abs()
+    return torch.where(a > 0, 2 + 2 * torch.log2(a.clamp_min(1)), torch.zeros_like(a)).sum(-1)
+
+
+def choose_vectors(cand: Tensor, cost: Tensor, mu: Tensor) -> Tensor:
+    """Per block, the candidate vector that minimises prediction cost plus ``mu`` times the bits
+    of the coded differences, exactly for each row given its first column (Viterbi): the first
+    column top to bottom first (it is coded against the block above), then all rows left to right.
+
+    ``cand`` [B, K, 2, h, w] candidate vectors, ``cost`` [B, K, h, w] their prediction costs,
+    ``mu`` [B]; returns [B, 2, h, w].
+    """
+    b, k, _, h, w = cand.shape
+    mu = mu.view(b, 1, 1)
+
+    def best_path(vectors: Tensor, costs: Tensor, acc: Tensor) -> Tensor:
+        """vectors [b, n, k, 2], costs [b, n, k] along a chain, acc [b, k] at its start:
+        the chosen candidate per position [b, n]."""
+        back = []
+        for i in range(1, vectors.shape[1]):
+            step = acc[:, :, None] + mu * difference_bits(vectors[:, i, None] - vectors[:, i - 1, :, None])
+            acc, arg = step.min(1)
+            acc = acc + costs[:, i]
+            back.append(arg)
+        pick = acc.argmin(1)
+        path = [pick]
+        for arg in reversed(back):
+            pick = arg.gather(1, pick[:, None]).squeeze(1)
+            path.append(pick)
+        return torch.stack(path[::-1], 1)
+
+    col = cand[..., 0].permute(0, 3, 1, 2)  # [b, h, k, 2]
+    start = cost[:, :, 0, 0] + mu[:, 0] * difference_bits(col[:, 0])
+    first = best_path(col, cost[..., 0].permute(0, 2, 1), start)  # [b, h]
+    rows = cand.permute(0, 3, 4, 1, 2).reshape(b * h, w, k, 2)
+    costs = cost.permute(0, 2, 3, 1).reshape(b * h, w, k)
+    fixed = torch.full((b * h, k), float("inf"), device=cand.device).scatter_(1, first.reshape(-1, 1), 0.0)
+    mu = mu.repeat_interleave(h, 0)
+    choice = best_path(rows, costs, fixed).view(b, 1, 1, h, w).expand(b, 1, 2, h, w)
+    return cand.gather(1, choice).squeeze(1)
+
+
 class BlockMotionCoder(nn.Module):
     """Codes the encoder's searched motion explicitly: one quarter-pel vector per 16x16 block.
 
@@ -149,9 +201,10 @@ class BlockMotionCoder(nn.Module):
 
     @staticmethod
     @torch.no_grad()
-    def vectors(x: Tensor, ref: Tensor, hint: Tensor | None = None) -> Tensor:
+    def vectors(x: Tensor, ref: Tensor, q: Tensor, hint: Tensor | None = None) -> Tensor:
         """Integer block vectors [B, 2, H/16, W/16] in 1/MV_PRECISION px: the searched flow
-        block-averaged, then smoothed where smoothing costs (almost) no prediction quality."""
+        block-averaged, smoothed where smoothing costs (almost) no prediction quality, then
+        traded against their bits at quality ``q`` [B] (:func:`choose_vectors`)."""
         with stage("search"):
             if hint is None:
                 hint = estimate_flow(x, ref)
@@ -168,6 +221,12 @@ class BlockMotionCoder(nn.Module):
                 err_smooth = error(smooth)
                 better = err_smooth <= err + MV_SMOOTH
                 v, err = torch.where(better, smooth, v), torch.where(better, err_smooth, err)
+            if MV_RATE > 0:
+                still = v.flatten(2).median(-1).values[..., None, None].expand_as(v)  # the frame's motion
+                cand = torch.stack([v, torch.cat([v[..., :1], v[..., :-1]], -1),  # own, left's, above's
+                                    torch.cat([v[..., :1, :], v[..., :-1, :]], -2), still, torch.zeros_like(v)], 1)
+                cost = torch.stack([err] + [error(c) for c in cand.unbind(1)[1:]], 1).squeeze(2) * 255 * MV_BLOCK**2
+                v = choose_vectors(cand, cost, MV_RATE * MV_RATE_SPAN ** (1 - q.float()))
         return v
 
     @staticmethod
@@ -186,11 +245,11 @@ class BlockMotionCoder(nn.Module):
     def forward(self, x: Tensor, ref: Tensor, q: Tensor, hint: Tensor | None = None
                 ) -> tuple[Tensor, dict[str, Tensor]]:
         """Training path: only the differences' entropy model learns (the vectors come from the search)."""
-        d_hat, lik, *_ = self.prior(self.differences(self.vectors(x, ref, hint)))
+        d_hat, lik, *_ = self.prior(self.differences(self.vectors(x, ref, q, hint)))
         return self._flow(d_hat), lik
 
     def compress(self, x: Tensor, ref: Tensor, q: Tensor) -> tuple[Coded, Tensor]:
-        coded, d_hat = self.prior.prepare(self.differences(self.vectors(x, ref)))
+        coded, d_hat = self.prior.prepare(self.differences(self.vectors(x, ref, q)))
         return coded, self._flow(d_hat)
 
     def reconstruct(self, parsed: Parsed, q: Tensor) -> Tensor:
