@@ -77,19 +77,28 @@ def test_interrupted_run_resumes_exactly(setup):
 
 def test_amp_and_torchrun_ddp_smoke(setup, tmp_path):
     """bfloat16 autocast trains on CPU; two processes under torchrun (gloo) train and checkpoint."""
+    import os
+    import signal
     import subprocess
     import sys
 
     root, config = setup
     train.main([str(config), "--out", str(tmp_path / "amp"), "--amp", "--stop-after", "3"])
     assert all(np.isfinite(r["loss"]) for r in _log(tmp_path / "amp"))
-    proc = subprocess.run(
+    # its own process group: on a timeout the ranks go too, not only the launcher
+    proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "training.train", str(config), "--out", str(tmp_path / "ddp"), "--device", "cpu",
          "--stop-after", "4"],
-        capture_output=True, text=True, timeout=180,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    try:
+        _, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-2000:]
     ck = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=False)
     assert ck["step"] == 4 and len(ck["sampler"]) == 2 and ck["sampler"][0] != ck["sampler"][1]
 
