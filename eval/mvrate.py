@@ -1,17 +1,20 @@
-"""Tune the block-motion encoder's rate weight: RD curves of the same weights at several ``MV_RATE``.
+"""Tune the block-motion encoder: RD curves of the same weights at several ``MV_RATE`` and ``MV_REFINE``.
 
     python -m eval.mvrate ../shared/video/juggle.mp4 --rates 0 2 4 8 --frames 32
+    python -m eval.mvrate ../shared/video/juggle.mp4 --rates 4 --passes 0 1 2
 
-The block-vector choice (:func:`neurocodec.models.motion.choose_vectors`) is
-encoder-side only: every setting makes streams the shipped decoder reads, so
-the weight is tuned by measuring, not trained. Tune it on training clips;
-held-out clips are for the result. Prints, per clip, bpp and PSNR-YUV at each
-quality for each weight, and each weight's BD-rate against the first.
+The block-vector choice (:func:`neurocodec.models.motion.choose_vectors`,
+:func:`~neurocodec.models.motion.refine_vectors`) is encoder-side only: every
+setting makes streams the shipped decoder reads, so it is tuned by measuring,
+not trained. Tune on training clips; held-out clips are for the result. Prints,
+per clip, bpp and PSNR-YUV at each quality for each setting (every rate with
+every number of passes), and each setting's BD-rate against the first.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -29,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("clips", nargs="+")
     ap.add_argument("--rates", type=float, nargs="+", default=[0.0, motion.MV_RATE],
                     help="MV_RATE values; the first is the anchor")
+    ap.add_argument("--passes", type=int, nargs="+", default=[motion.MV_REFINE], help="MV_REFINE values")
     ap.add_argument("--span", type=float, default=motion.MV_RATE_SPAN, help="MV_RATE_SPAN")
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--frames", type=int, default=32)
@@ -40,31 +44,35 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load_model(args.model)
     motion.MV_RATE_SPAN = args.span
-    points, gains = [], {r: [] for r in args.rates[1:]}
+    settings = list(itertools.product(args.rates, args.passes))
+    points, gains = [], {s: [] for s in settings[1:]}
     for clip in args.clips:
         frames, fps, _ = load_clip(clip, args.frames, max_side=args.max_side)
         curves = {}
-        for rate in args.rates:
-            motion.MV_RATE = rate
+        for rate, passes in settings:
+            motion.MV_RATE, motion.MV_REFINE = rate, passes
             curve = []
             for q in args.qualities:
                 p = evaluate_neurocodec(frames, model, q, intra_period=args.intra_period, fps=fps,
                                         sequence=Path(clip).stem, with_ms_ssim=False)
                 curve.append((p.bpp, p.psnr_yuv))
-                points.append({"clip": Path(clip).stem, "mv_rate": rate, "span": args.span, "quality": q,
-                               "bpp": p.bpp, "psnr_yuv": p.psnr_yuv})
-                log(f"{Path(clip).stem} MV_RATE={rate:g} q={q:g}: {p.bpp:.4f} bpp, {p.psnr_yuv:.2f} dB")
-            curves[rate] = curve
-        anchor = curves[args.rates[0]]
+                points.append({"clip": Path(clip).stem, "mv_rate": rate, "mv_refine": passes, "span": args.span,
+                               "quality": q, "bpp": p.bpp, "psnr_yuv": p.psnr_yuv})
+                log(f"{Path(clip).stem} MV_RATE={rate:g} MV_REFINE={passes} q={q:g}: {p.bpp:.4f} bpp, "
+                    f"{p.psnr_yuv:.2f} dB")
+            curves[rate, passes] = curve
+        anchor = curves[settings[0]]
         print(f"{Path(clip).stem} ({frames.shape[2]}x{frames.shape[1]}, {len(frames)} frames)")
-        for rate, curve in curves.items():
-            bd = bd_rate(*zip(*anchor, strict=True), *zip(*curve, strict=True)) if rate != args.rates[0] else None
+        for setting, curve in curves.items():
+            bd = bd_rate(*zip(*anchor, strict=True), *zip(*curve, strict=True)) if setting != settings[0] else None
             if bd is not None:
-                gains[rate].append(bd.value)
+                gains[setting].append(bd.value)
             cells = "  ".join(f"{b:.4f}/{q:.2f}" for b, q in curve)
-            print(f"  MV_RATE {rate:<5g} {cells}" + (f"  BD-rate {bd.value:+.1f} %" if bd else "  (anchor)"))
-    for rate, values in gains.items():
-        print(f"MV_RATE {rate:g}: mean BD-rate {np.nanmean(values):+.1f} % over {len(values)} clip(s)")
+            print(f"  MV_RATE {setting[0]:<5g} MV_REFINE {setting[1]} {cells}"
+                  + (f"  BD-rate {bd.value:+.1f} %" if bd else "  (anchor)"))
+    for (rate, passes), values in gains.items():
+        print(f"MV_RATE {rate:g} MV_REFINE {passes}: mean BD-rate {np.nanmean(values):+.1f} % "
+              f"over {len(values)} clip(s)")
     if args.out:
         args.out.write_text(json.dumps(points, indent=1))
     return 0
