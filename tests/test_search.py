@@ -153,7 +153,6 @@ def test_vector_choice_is_exact_along_each_row_and_down_the_first_column():
     """Brute force on a small grid: the first column is the cheapest chain of its own (coded
     top to bottom), and each row the cheapest given its first block; mu = 0 takes the cheapest
     candidate per block, a huge mu the field whose differences cost fewest bits."""
-
     from neurocodec.models.motion import BlockMotionCoder, choose_vectors, difference_bits
 
     torch.manual_seed(3)

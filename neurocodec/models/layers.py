@@ -43,9 +43,13 @@ def sampling_grid(flow: Tensor) -> Tensor:
     h, w = flow.shape[-2:]
     ys = torch.arange(h, device=flow.device, dtype=flow.dtype).view(1, h, 1)
     xs = torch.arange(w, device=flow.device, dtype=flow.dtype).view(1, 1, w)
-    gx = (xs + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
-    gy = (ys + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
-    return torch.stack([gx, gy], dim=-1)
+    sx, sy = grid_scale(h, w)
+    return torch.stack([(xs + flow[:, 0]) * sx - 1.0, (ys + flow[:, 1]) * sy - 1.0], dim=-1)
+
+
+def grid_scale(h: int, w: int) -> tuple[float, float]:
+    """How far one pixel moves a :func:`sampling_grid` coordinate, (x, y)."""
+    return 2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)
 
 
 def bilinear_warp(img: Tensor, flow: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .._compat import GDN
 from ..entropy import Coded, Hyperprior, Parsed
 from ..profiling import stage
-from .layers import GainPair, analysis, bilinear_warp, cat_channels, conv, deconv, sampling_grid
+from .layers import GainPair, analysis, bilinear_warp, cat_channels, conv, deconv, grid_scale, sampling_grid
 from .search import estimate_flow, luma, median
 
 #: Blur levels of the scale-space volume: average-pooled by 1, 2, 4, 8.
@@ -204,9 +204,13 @@ def refine_vectors(v: Tensor, cur: Tensor, prev: Tensor, mu: Tensor, passes: int
     mu = mu.view(b, 1, 1)
     rows = torch.arange(h, device=v.device).view(h, 1)
     cols = torch.arange(w, device=v.device).view(1, w)
-    # bilinear interpolation is linear: moving the masked vectors by s moves the sampling grid by
-    # s times the interpolated mask, so each trial is one multiply-add and a sample
-    unit = 2.0 / (torch.tensor(cur.shape[:-3:-1], device=v.device, dtype=cur.dtype) - 1).clamp_min(1) / MV_PRECISION
+    # bilinear interpolation is linear: moving one phase's vectors by s moves the sampling grid by
+    # s times that phase's interpolated mask, so each trial is one multiply-add and a sample
+    unit = torch.tensor(grid_scale(*cur.shape[-2:]), device=v.device, dtype=cur.dtype) / MV_PRECISION
+    phases = []
+    for r, c in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        mask = ((rows % 2 == r) & (cols % 2 == c)).to(v.dtype).expand(b, 1, h, w)
+        phases.append((mask, mask[:, 0].bool(), block_flow(mask * MV_PRECISION).movedim(1, -1) * unit))
 
     def cost(v: Tensor, grid: Tensor) -> Tensor:  # [B, h, w]: the part of the total block (i, j)'s vector moves
         err = (F.grid_sample(prev, grid, mode="bilinear", padding_mode="border", align_corners=True) - cur).abs_()
@@ -219,16 +223,15 @@ def refine_vectors(v: Tensor, cur: Tensor, prev: Tensor, mu: Tensor, passes: int
 
     for size in reversed(range(passes)):
         steps = [(dx << size, dy << size) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dx or dy]
-        for phase in ((0, 0), (0, 1), (1, 0), (1, 1)):
-            mask = ((rows % 2 == phase[0]) & (cols % 2 == phase[1])).to(v.dtype).expand(b, 1, h, w)
-            reach = block_flow(mask * MV_PRECISION).movedim(1, -1) * unit  # grid move per quarter-pel
+        for mask, active, reach in phases:  # reach: the grid's move per quarter-pel of this phase
             grid = sampling_grid(block_flow(v))
             best, best_cost = v, cost(v, grid)
             for dx, dy in steps:
                 step = torch.tensor([dx, dy], dtype=v.dtype, device=v.device)
-                c = cost(v + step.view(1, 2, 1, 1) * mask, grid + reach * step)
-                better = (c < best_cost) & mask[:, 0].bool()
-                best = torch.where(better[:, None], v + step.view(1, 2, 1, 1) * mask, best)
+                moved = v + step.view(1, 2, 1, 1) * mask
+                c = cost(moved, grid + reach * step)
+                better = (c < best_cost) & active
+                best = torch.where(better[:, None], moved, best)
                 best_cost = torch.where(better, c, best_cost)
             v = best
     return v
@@ -261,7 +264,8 @@ class BlockMotionCoder(nn.Module):
     def vectors(x: Tensor, ref: Tensor, q: Tensor, hint: Tensor | None = None) -> Tensor:
         """Integer block vectors [B, 2, H/16, W/16] in 1/MV_PRECISION px: the searched flow
         block-averaged, smoothed where smoothing costs (almost) no prediction quality, then
-        traded against their bits at quality ``q`` [B] (:func:`choose_vectors`)."""
+        traded against their bits at quality ``q`` [B] (:func:`choose_vectors`), then moved where
+        the decoder's blended prediction gains (:func:`refine_vectors`)."""
         with stage("search"):
             if hint is None:
                 hint = estimate_flow(x, ref)
@@ -272,6 +276,7 @@ class BlockMotionCoder(nn.Module):
                 flow = F.interpolate(v / MV_PRECISION, scale_factor=MV_BLOCK, mode="nearest")
                 return F.avg_pool2d((bilinear_warp(prev, flow) - cur).abs(), MV_BLOCK)
 
+            mu = MV_RATE * MV_RATE_SPAN ** (1 - q.float())  # the rate weight at each frame's quality
             err = error(v)
             for _ in range(2):
                 smooth = median(v, 3)
@@ -283,9 +288,9 @@ class BlockMotionCoder(nn.Module):
                 cand = torch.stack([v, torch.cat([v[..., :1], v[..., :-1]], -1),  # own, left's, above's
                                     torch.cat([v[..., :1, :], v[..., :-1, :]], -2), still, torch.zeros_like(v)], 1)
                 cost = torch.stack([err] + [error(c) for c in cand.unbind(1)[1:]], 1).squeeze(2) * 255 * MV_BLOCK**2
-                v = choose_vectors(cand, cost, MV_RATE * MV_RATE_SPAN ** (1 - q.float()))
+                v = choose_vectors(cand, cost, mu)
             if MV_REFINE > 0:
-                v = refine_vectors(v, cur, prev, MV_RATE * MV_RATE_SPAN ** (1 - q.float()), MV_REFINE)
+                v = refine_vectors(v, cur, prev, mu, MV_REFINE)
         return v
 
     @staticmethod
