@@ -1,14 +1,17 @@
-"""Tune the block-motion encoder: RD curves of the same weights at several ``MV_RATE`` and ``MV_REFINE``.
+"""Tune the encoder: RD curves of the same weights at several ``MV_RATE``, ``MV_REFINE`` and P-frame offsets.
 
     python -m eval.mvrate ../shared/video/juggle.mp4 --rates 0 2 4 8 --frames 32
     python -m eval.mvrate ../shared/video/juggle.mp4 --rates 4 --passes 0 1 2
+    python -m eval.mvrate ../shared/video/juggle.mp4 --pattern 0 --pattern=-0.1,-0.1,-0.1,0.15
 
 The block-vector choice (:func:`neurocodec.models.motion.choose_vectors`,
-:func:`~neurocodec.models.motion.refine_vectors`) is encoder-side only: every
-setting makes streams the shipped decoder reads, so it is tuned by measuring,
+:func:`~neurocodec.models.motion.refine_vectors`) and the P-frames' quality
+offsets (:data:`neurocodec.codec.P_OFFSETS`) are encoder-side only: every
+setting makes streams the shipped decoder reads, so they are tuned by measuring,
 not trained. Tune on training clips; held-out clips are for the result. Prints,
 per clip, bpp and PSNR-YUV at each quality for each setting (every rate with
-every number of passes), and each setting's BD-rate against the first.
+every number of passes and every pattern), and each setting's BD-rate against
+the first.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from neurocodec.codec import P_OFFSETS, check_offsets
+from neurocodec.errors import InputError
 from neurocodec.models import motion
 from neurocodec.zoo import DEFAULT_MODEL, load_model
 
@@ -33,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rates", type=float, nargs="+", default=[0.0, motion.MV_RATE],
                     help="MV_RATE values; the first is the anchor")
     ap.add_argument("--passes", type=int, nargs="+", default=[motion.MV_REFINE], help="MV_REFINE values")
+    ap.add_argument("--pattern", type=_offsets, action="append", dest="patterns",
+                    help="P-frame quality offsets, comma-separated (0: every frame at its quality; write "
+                         "--pattern=-0.1,0.1 when the first is negative); repeat for several (default: P_OFFSETS)")
     ap.add_argument("--span", type=float, default=motion.MV_RATE_SPAN, help="MV_RATE_SPAN")
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--frames", type=int, default=32)
@@ -42,25 +50,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="write every point as JSON here")
     args = ap.parse_args(argv)
 
+    args.patterns = args.patterns or [P_OFFSETS]
     model = load_model(args.model)
     motion.MV_RATE_SPAN = args.span
-    settings = list(itertools.product(args.rates, args.passes))
+    settings = list(itertools.product(args.rates, args.passes, args.patterns))
     points, gains = [], {s: [] for s in settings[1:]}
     for clip in args.clips:
         frames, fps, _ = load_clip(clip, args.frames, max_side=args.max_side)
         curves = {}
-        for rate, passes in settings:
+        for rate, passes, pattern in settings:
             motion.MV_RATE, motion.MV_REFINE = rate, passes
             curve = []
             for q in args.qualities:
                 p = evaluate_neurocodec(frames, model, q, intra_period=args.intra_period, fps=fps,
-                                        sequence=Path(clip).stem, with_ms_ssim=False)
+                                        sequence=Path(clip).stem, with_ms_ssim=False, p_offsets=pattern)
                 curve.append((p.bpp, p.psnr_yuv))
                 points.append({"clip": Path(clip).stem, "mv_rate": rate, "mv_refine": passes, "span": args.span,
-                               "quality": q, "bpp": p.bpp, "psnr_yuv": p.psnr_yuv})
-                log(f"{Path(clip).stem} MV_RATE={rate:g} MV_REFINE={passes} q={q:g}: {p.bpp:.4f} bpp, "
-                    f"{p.psnr_yuv:.2f} dB")
-            curves[rate, passes] = curve
+                               "p_offsets": list(pattern), "quality": q, "bpp": p.bpp, "psnr_yuv": p.psnr_yuv})
+                log(f"{Path(clip).stem} MV_RATE={rate:g} MV_REFINE={passes} P {_show(pattern)} q={q:g}: "
+                    f"{p.bpp:.4f} bpp, {p.psnr_yuv:.2f} dB")
+            curves[rate, passes, pattern] = curve
         anchor = curves[settings[0]]
         print(f"{Path(clip).stem} ({frames.shape[2]}x{frames.shape[1]}, {len(frames)} frames)")
         for setting, curve in curves.items():
@@ -68,14 +77,25 @@ def main(argv: list[str] | None = None) -> int:
             if bd is not None:
                 gains[setting].append(bd.value)
             cells = "  ".join(f"{b:.4f}/{q:.2f}" for b, q in curve)
-            print(f"  MV_RATE {setting[0]:<5g} MV_REFINE {setting[1]} {cells}"
+            print(f"  MV_RATE {setting[0]:<5g} MV_REFINE {setting[1]} P {_show(setting[2])} {cells}"
                   + (f"  BD-rate {bd.value:+.1f} %" if bd else "  (anchor)"))
-    for (rate, passes), values in gains.items():
-        print(f"MV_RATE {rate:g} MV_REFINE {passes}: mean BD-rate {np.nanmean(values):+.1f} % "
+    for (rate, passes, pattern), values in gains.items():
+        print(f"MV_RATE {rate:g} MV_REFINE {passes} P {_show(pattern)}: mean BD-rate {np.nanmean(values):+.1f} % "
               f"over {len(values)} clip(s)")
     if args.out:
         args.out.write_text(json.dumps(points, indent=1))
     return 0
+
+
+def _offsets(text: str) -> tuple[float, ...]:
+    try:
+        return check_offsets(text.split(","))
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _show(pattern: tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in pattern)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import hashlib
 import io
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -47,6 +48,7 @@ from eval.baselines import BaselineConfig, decode_stream, encode_frames
 from eval.bdrate import bd_psnr, bd_rate
 from eval.measure import PeakMemory, environment, parse_size, sync
 from neurocodec import Decoder, Encoder, StreamReader, StreamWriter, load_model
+from neurocodec.codec import P_OFFSETS, check_offsets
 from neurocodec.errors import InputError, NeurocodecError
 from neurocodec.io import probe, read_frames
 from neurocodec.metrics import bits_per_pixel, ms_ssim, psnr, psnr_yuv420
@@ -128,11 +130,12 @@ def _point(sequence: str, codec: str, config: str, param: str, ref: np.ndarray, 
 
 def evaluate_neurocodec(frames: np.ndarray, model: VideoModel, quality: float, *, intra_period: int = 32,
                         fps: float = 30.0, device: str = "cpu", sequence: str = "clip",
-                        with_ms_ssim: bool = True, refine: int = 0) -> RDPoint:
+                        with_ms_ssim: bool = True, refine: int = 0,
+                        p_offsets: Sequence[float] = P_OFFSETS) -> RDPoint:
     """Encode ``frames`` to a complete in-memory .ncv stream, decode it, and measure it."""
     t, h, w = frames.shape[:3]
     enc = Encoder(w, h, model=model, quality=quality, gop=intra_period, fps=Fraction(fps).limit_denominator(1001000),
-                  frame_count=t, device=device, refine=refine)
+                  frame_count=t, device=device, refine=refine, p_offsets=p_offsets)
     buf, packets = io.BytesIO(), []
     recon: list[bytes] = []  # digests of the encoder's reconstructions (frames would double peak memory)
     with PeakMemory(device) as mem_enc:
@@ -160,7 +163,7 @@ def evaluate_neurocodec(frames: np.ndarray, model: VideoModel, quality: float, *
         log(f"  warning: {sequence} quality={quality:g}: decoder output differs from the encoder's reconstruction")
     options = {"model": getattr(model, "name", "custom"), "weight_hash": getattr(model, "weight_hash", None),
                "quality": quality, "coded_quality": enc.header.quality, "gop": intra_period, "device": str(device),
-               "refine": refine, "container_overhead_bytes": len(data) - sum(sizes),
+               "refine": refine, "p_offsets": list(enc.p_offsets), "container_overhead_bytes": len(data) - sum(sizes),
                "decoder_matches_encoder": matches}
     config = options["model"] + (f"+refine{refine}" if refine else "")
     return _point(sequence, "neurocodec", config, f"quality={quality:g}", frames, len(data), fps,
@@ -269,6 +272,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--refine", type=int, nargs="+", default=[0],
                     help="encoder latent-refinement steps per frame (neurocodec.refine); several values give "
                          "one curve each, later ones compared with the first")
+    ap.add_argument("--p-offsets", type=float, nargs="+", default=list(P_OFFSETS),
+                    help="quality added to successive P-frames after each I-frame, in turn (0: every frame at its "
+                         "quality)")
     ap.add_argument("--device", default="cpu", help="torch device for neurocodec")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--size", type=parse_size, default=None, help="WxH of raw .yuv input")
@@ -285,6 +291,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--refine must be >= 0")
     if not all(0.0 <= q <= 1.0 for q in args.qualities):
         ap.error("--qualities must lie in [0, 1]")
+    try:
+        args.p_offsets = list(check_offsets(args.p_offsets))
+    except InputError as e:
+        ap.error(str(e))
     return args
 
 
@@ -339,12 +349,12 @@ def run(args: argparse.Namespace) -> int:
                 label = f"neurocodec {getattr(model, 'name', '')} refine={refine} quality={quality:g}"
                 p = evaluate_neurocodec(frames, model, quality, intra_period=args.intra_period, fps=fps,
                                         device=args.device, sequence=name, with_ms_ssim=not args.no_ms_ssim,
-                                        refine=refine)
+                                        refine=refine, p_offsets=args.p_offsets)
             points.append(p)
             log(f"  [{j}/{len(jobs)}] {label}: {p.bpp:.4f} bpp, {p.psnr_yuv:.2f} dB YUV, "
                 f"enc {p.encode_fps:.1f} fps, dec {p.decode_fps:.1f} fps")
     conditions = {"frames": args.frames, "intra_period": args.intra_period, "qualities": args.qualities,
-                  "refine": args.refine,
+                  "refine": args.refine, "p_offsets": args.p_offsets,
                   "x264_crf": args.x264_crf, "x265_crf": args.x265_crf, "presets": args.presets,
                   "baseline_threads": args.baseline_threads,
                   "models": [{"model": getattr(m, "name", path), "weight_hash": getattr(m, "weight_hash", None)}

@@ -76,12 +76,16 @@ def encode(
     refine: Annotated[int, typer.Option(
         min=0, help="Optimise each frame's latent for N steps before coding: fewer bits for the same quality, "
                     "much slower encoding (an offline preset); any decoder decodes the stream.")] = 0,
+    p_offsets: Annotated[str, typer.Option(
+        help="Quality added to successive P-frames, cyclically after each I-frame (comma-separated; "
+             "0 codes every frame at --quality).")] = ",".join(f"{v:g}" for v in codec.P_OFFSETS),
     overwrite: Overwrite = False,
 ) -> None:
     """Encode a video file to a .ncv stream."""
     _check_output(output, overwrite)
     if gop == 0 or gop < -1:
         raise InputError("--gop must be a positive frame count or -1")
+    offsets = codec.check_offsets(p_offsets.split(","))
     info = io.probe(input)
     total = min(info.frame_count or frames or 0, frames or 10**9) or None
     count = 0
@@ -95,7 +99,7 @@ def encode(
     with _progress("encoding", total) as advance:
         codec.encode(input, output, model=model, quality=quality, gop=gop, max_frames=frames,
                      device=device, precision=precision, progress=advance_and_count,
-                     entropy_workers=entropy_workers, refine=refine)
+                     entropy_workers=entropy_workers, refine=refine, p_offsets=offsets)
     seconds, nbytes = time.perf_counter() - t0, output.stat().st_size
     bpp = metrics.bits_per_pixel(nbytes, info.width, info.height, count)
     out.print(f"encoded {count} frames {info.width}x{info.height} to {output}: {nbytes:,} bytes, "
@@ -139,14 +143,17 @@ def info(
     """Show a stream's header, size, bitrate and frame types (without decoding)."""
     with open_stream(input) as reader:
         h = reader.header
-        sizes = [(p.frame_type.name, sum(map(len, p.streams))) for p in reader.packets()]
+        packets = [(p.frame_type.name, sum(map(len, p.streams)), p.quality) for p in reader.packets()]
         index = reader.index()
+    sizes = [(t, s) for t, s, _ in packets]
+    qualities = [q for _, _, q in packets]
     n = len(sizes)
     nbytes = input.stat().st_size
     report = {
         "file": str(input), "bytes": nbytes, "model": h.model, "weight_hash": h.weight_hash,
         "width": h.width, "height": h.height, "pix_fmt": h.pix_fmt,
         "fps": f"{h.fps.numerator}/{h.fps.denominator}", "gop": h.gop, "quality": round(h.quality, 4),
+        "frame_quality": [round(min(qualities), 4), round(max(qualities), 4)] if qualities else None,
         "frames": n, "i_frames": sum(t == "I" for t, _ in sizes), "indexed": bool(index),
         "kbps": round(nbytes * 8 * float(h.fps) / max(n, 1) / 1000, 2),
         "bpp": round(metrics.bits_per_pixel(nbytes, h.width, h.height, max(n, 1)), 5),

@@ -52,7 +52,7 @@ from .zoo import DEFAULT_MODEL, load_model, model_identity, torch_device
 if TYPE_CHECKING:
     from .parallel import EntropyPool
 
-__all__ = ["Encoder", "Decoder", "Frame", "PRECISIONS", "encode", "decode", "atomic_output"]
+__all__ = ["Encoder", "Decoder", "Frame", "PRECISIONS", "P_OFFSETS", "encode", "decode", "atomic_output"]
 
 Frame = np.ndarray | torch.Tensor
 
@@ -66,6 +66,26 @@ MAX_PIXELS = 8192 * 4352
 #: whatever is chosen, so every precision decodes every stream):
 #: ``bf16`` is the fast choice on CPUs with bfloat16 units, ``fp16`` on GPUs.
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: Quality added to successive P-frames, cyclically from the first P-frame after
+#: each I-frame, and clamped to [0, 1]: a better-coded P-frame now and then, the
+#: others a little cheaper. A low-delay chain copies much of each reference into
+#: the next frames, so bits spent on one frame are used again after it (as in
+#: classical low-delay GOPs with QP offsets, and DCVC-DC's hierarchical quality).
+#: Encoder-side only: each packet carries its own quality. Tuned on training
+#: clips with ``python -m eval.mvrate ... --patterns`` (README, "How good is it").
+P_OFFSETS: tuple[float, ...] = (-0.1, -0.1, -0.1, 0.15)
+
+
+def check_offsets(offsets: Iterable[float]) -> tuple[float, ...]:
+    """``offsets`` as a tuple, or an :class:`InputError` saying what is wrong with them."""
+    try:
+        values = tuple(float(v) for v in offsets)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"P-frame quality offsets must be numbers: {e}") from None
+    if not 1 <= len(values) <= 64 or not all(-1.0 <= v <= 1.0 for v in values):  # also rejects NaN
+        raise InputError(f"P-frame quality offsets: 1 to 64 numbers in [-1, 1], got {values}")
+    return values
 
 
 def _autocast(device: torch.device, precision: str):
@@ -131,7 +151,9 @@ class Encoder:
     order, with the same bytes. With ``refine`` steps, each frame's latent is
     optimised for its own rate-distortion loss before coding
     (:mod:`neurocodec.refine`): fewer bits for the same quality, several
-    times slower, and any decoder decodes it.
+    times slower, and any decoder decodes it. ``p_offsets`` (:data:`P_OFFSETS`)
+    vary the quality of the P-frames around ``quality``; ``(0,)`` codes every
+    frame at ``quality``.
     """
 
     def __init__(
@@ -148,11 +170,14 @@ class Encoder:
         precision: str = "fp32",
         pool: EntropyPool | None = None,
         refine: int = 0,
+        p_offsets: Iterable[float] = P_OFFSETS,
     ):
         if refine < 0:
             raise InputError(f"refine must be >= 0 steps, got {refine}")
         #: Adam steps of latent refinement per frame (:mod:`neurocodec.refine`): fewer bits, slower encoding
         self.refine = refine
+        #: quality added to successive P-frames after each I-frame (:data:`P_OFFSETS`)
+        self.p_offsets = check_offsets(p_offsets)
         self.device = torch_device(device)
         _autocast(self.device, precision)  # validates
         self.precision = precision
@@ -172,6 +197,7 @@ class Encoder:
         )
         self._ref: torch.Tensor | None = None
         self._pts = 0
+        self._since_intra = 0  # frames since the last I-frame
 
     @property
     def frames_encoded(self) -> int:
@@ -183,7 +209,8 @@ class Encoder:
         return None if self._ref is None else tensor_to_frame(self._ref, self.header.width, self.header.height)
 
     def encode(self, frame: Frame | None, *, quality: float | None = None) -> list[Packet]:
-        """Code one frame; ``quality`` overrides the stream's for this frame (rate control).
+        """Code one frame; ``quality`` overrides the stream's for this frame (rate control),
+        exactly: no :attr:`p_offsets` are added to it.
 
         Returns the frame's packet, or with a :attr:`pool` the packets finished
         so far, in order; ``None`` flushes (waits for every packet).
@@ -193,9 +220,16 @@ class Encoder:
         h = self.header
         with stage("convert"):
             x = pad_to_stride(frame_to_tensor(frame, h.width, h.height, self.device))
-        code = self._quality_code if quality is None else quality_to_code(quality)
-        q = torch.tensor([code_to_quality(code)], device=self.device)
         intra = self._ref is None or (h.gop > 0 and self._pts % h.gop == 0)
+        self._since_intra = 0 if intra else self._since_intra + 1
+        if quality is not None:
+            code = quality_to_code(quality)
+        elif intra:
+            code = self._quality_code
+        else:
+            offset = self.p_offsets[(self._since_intra - 1) % len(self.p_offsets)]
+            code = quality_to_code(min(1.0, max(0.0, code_to_quality(self._quality_code) + offset)))
+        q = torch.tensor([code_to_quality(code)], device=self.device)
         how = Refinement(self.refine, self.model.lmbda(q), h.height, h.width) if self.refine else None
         # refinement differentiates through the decoder: plain no-grad tensors, not inference ones
         with torch.no_grad() if how else torch.inference_mode(), _autocast(self.device, self.precision):
@@ -352,6 +386,7 @@ def encode(
     progress: Callable[[int], None] | None = None,
     entropy_workers: int = 0,
     refine: int = 0,
+    p_offsets: Iterable[float] = P_OFFSETS,
 ) -> bytes | None:
     """Encode a whole video: a file path, uint8 [T, H, W, 3] or float [T, 3, H, W].
 
@@ -360,6 +395,7 @@ def encode(
     ``entropy_workers``: processes that rANS-encode while the next frames go
     through the networks (:mod:`neurocodec.parallel`); the bytes are the same.
     ``refine``: Adam steps of latent refinement per frame (:mod:`neurocodec.refine`).
+    ``p_offsets``: quality added to successive P-frames (:data:`P_OFFSETS`).
     """
     if entropy_workers < 0:
         raise InputError(f"entropy_workers must be >= 0, got {entropy_workers}")
@@ -375,7 +411,7 @@ def encode(
             pool = stack.enter_context(EntropyPool(entropy_workers))
         encoder = Encoder(width, height, model=model, quality=quality, gop=gop,
                           fps=fps or src_fps or Fraction(30), frame_count=count, device=device,
-                          precision=precision, pool=pool, refine=refine)
+                          precision=precision, pool=pool, refine=refine, p_offsets=p_offsets)
         if output is None:
             buffer = io.BytesIO()
             _encode_into(encoder, frames, buffer, progress)

@@ -39,6 +39,9 @@ def test_encode_info_decode_round_trip(source, tmp_path):
     info = json.loads(run("info", str(ncv), "--json").stdout)
     assert (info["width"], info["height"], info["frames"], info["i_frames"]) == (96, 64, 5, 2)
     assert info["model"] == "nc-starter" and info["fps"] == "25/1" and info["bytes"] == ncv.stat().st_size
+    assert info["frame_quality"] != [0.7, 0.7]  # the default P-frame offsets
+    run("encode", str(source), str(tmp_path / "flat.ncv"), "--quality", "0.7", "--p-offsets", "0")
+    assert json.loads(run("info", str(tmp_path / "flat.ncv"), "--json").stdout)["frame_quality"] == [0.7, 0.7]
     run("decode", str(ncv), str(y4m))
     frames = np.stack(list(read_frames(y4m)))
     assert frames.shape == (5, 64, 96, 3)
@@ -79,6 +82,9 @@ def test_user_mistakes_are_one_line_errors(source, tmp_path):
     assert existing.read_bytes() == b"keep me"
     run("encode", str(source), str(existing), "-y", "--frames", "1")
     assert existing.read_bytes() != b"keep me"
+
+    offsets = run("encode", str(source), str(tmp_path / "x.ncv"), "--p-offsets", "-0.1,x", ok=False)
+    assert offsets.returncode == 1 and "offsets" in offsets.stderr and not (tmp_path / "x.ncv").exists()
 
     unsupported = run("decode", str(existing), str(tmp_path / "out.gif"), ok=False)
     assert unsupported.returncode == 1 and "error:" in unsupported.stderr

@@ -15,7 +15,7 @@ import torch
 
 import neurocodec
 from neurocodec import BitstreamError, FrameType, InputError, ModelMismatchError, Packet
-from neurocodec.container import MAGIC, StreamReader, StreamWriter
+from neurocodec.container import MAGIC, StreamReader, StreamWriter, code_to_quality, quality_to_code
 from neurocodec.models.layers import cat_channels
 from neurocodec.parallel import EntropyPool
 from neurocodec.synthetic import moving_pattern
@@ -110,6 +110,27 @@ def test_per_frame_quality_override(tiny_model, clip):
     assert low.quality == 0.0
     dec = neurocodec.Decoder(enc.header, model=tiny_model)
     np.testing.assert_array_equal(dec.decode(low), enc.reconstruction)
+
+
+def test_p_frames_follow_the_offset_pattern(tiny_model, clip):
+    """Offsets cycle over the P-frames, restart after each I-frame, clamp to [0, 1], and decode exactly."""
+    data = neurocodec.encode(clip, model=tiny_model, quality=0.9, gop=4, p_offsets=(-0.3, 0.2))
+    packets = list(StreamReader(io.BytesIO(data)))
+    assert [(p.frame_type.name, round(p.quality, 3)) for p in packets] == [
+        ("I", 0.9), ("P", 0.6), ("P", 1.0), ("P", 0.6), ("I", 0.9), ("P", 0.6)]
+    dec = neurocodec.Decoder(StreamReader(io.BytesIO(data)).header, model=tiny_model)
+    enc = neurocodec.Encoder(72, 40, model=tiny_model, quality=0.9, gop=4, p_offsets=(-0.3, 0.2))
+    for frame, packet in zip(clip, packets, strict=True):
+        assert enc.encode(frame) == [packet]
+        np.testing.assert_array_equal(dec.decode(packet), enc.reconstruction)
+    flat = neurocodec.encode(clip, model=tiny_model, quality=0.9, gop=4, p_offsets=(0,))
+    assert {p.quality for p in StreamReader(io.BytesIO(flat))} == {code_to_quality(quality_to_code(0.9))}
+
+
+@pytest.mark.parametrize("offsets", [(), (0.1, float("nan")), (1.5,), ("a",), (0.0,) * 65])
+def test_bad_offsets_are_input_errors(tiny_model, offsets):
+    with pytest.raises(InputError, match="offsets"):
+        neurocodec.Encoder(72, 40, model=tiny_model, p_offsets=offsets)
 
 
 def test_starter_model_trades_rate_for_quality():
