@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     frames = load_clip(args.video, args.frames, max_side=args.max_side)[0]
     h, w = frames.shape[1:3]
     model = load_model(args.model)
-    enc = Encoder(w, h, model=model, quality=args.quality, gop=-1)
+    enc = Encoder(w, h, model=model, quality=args.quality, gop=-1, p_offsets=(0.0,))  # every frame at --quality
     q = torch.tensor([args.quality])
     ref, cpu = None, torch.device("cpu")
     print("frame type  bpp     motion bpp  PSNR dB: unmoved  searched  decoded   mean |flow| px")

@@ -35,8 +35,8 @@ from .rd import evaluate_neurocodec, load_clip, log
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("clips", nargs="+")
-    ap.add_argument("--rates", type=float, nargs="+", default=[0.0, motion.MV_RATE],
-                    help="MV_RATE values; the first is the anchor")
+    ap.add_argument("--rates", type=float, nargs="+", default=[motion.MV_RATE],
+                    help="MV_RATE values (default: the shipped one)")
     ap.add_argument("--passes", type=int, nargs="+", default=[motion.MV_REFINE], help="MV_REFINE values")
     ap.add_argument("--pattern", type=_offsets, action="append", dest="patterns",
                     help="P-frame quality offsets, comma-separated (0: every frame at its quality; write "

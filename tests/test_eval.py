@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from eval import bench, rd
+from eval import bench, compare, rd
 from eval.baselines import BaselineConfig, encode_baseline
 from eval.bdrate import bd_psnr, bd_rate
 from eval.measure import PeakMemory
+from neurocodec.codec import P_OFFSETS
 from neurocodec.colour import rgb_to_yuv420, yuv420_to_rgb
 from neurocodec.errors import InputError
 from neurocodec.io import write_video
@@ -171,6 +172,7 @@ def test_rd_end_to_end(tmp_path: Path, pattern: np.ndarray) -> None:
     assert all(p["options"]["decoder_matches_encoder"] for p in nc)
     assert data["sequences"]["pattern"]["provenance"] == "external"
     assert data["conditions"]["intra_period"] == 32 and data["environment"]["versions"]["av"]
+    assert data["conditions"]["p_offsets"] == list(P_OFFSETS) == nc[0]["options"]["p_offsets"]
     bd = {(r["sequence"], r["test"], r["anchor"], r["metric"]): r for r in data["bd"]}
     ours = bd["pattern", "neurocodec tiny-test", "x264 medium+zerolatency", "psnr_yuv"]["bd_rate"]
     assert ours["value"] is None and "at least 4" in ours["reason"]
@@ -181,6 +183,27 @@ def test_rd_end_to_end(tmp_path: Path, pattern: np.ndarray) -> None:
     assert len(csv_lines) == 1 + len(points) and csv_lines[0].startswith("sequence,codec,config,param")
     summary = (out / "summary.md").read_text()
     assert "| pattern |" in summary and "x265 medium vs x264 medium" in summary and "keyint=32" in summary
+
+
+def test_compare_two_runs_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run that needs 0.8 times the bits for every PSNR measures -20 %; anchors and other clips are ignored."""
+    rate, quality = CURVES[1][0]
+    header = "sequence,codec,config,param,bpp,psnr_yuv\n"
+
+    def write(name: str, scale: float, extra: str) -> Path:
+        rows = [f"clip,neurocodec,m,q,{r * scale},{q}" for r, q in zip(rate, quality, strict=True)]
+        (tmp_path / name).write_text(header + "\n".join(rows + [extra]) + "\n")
+        return tmp_path / name
+
+    old = write("old.csv", 1.0, "clip,x264,medium,crf=23,0.01,50")
+    new = write("new.csv", 0.8, "other,neurocodec,m,q,0.1,30")
+    assert compare.main([str(old), str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "clip (m): BD-rate -20.0 %" in out and "mean over 1 curve(s): BD-rate -20.0 %" in out
+    unrelated = tmp_path / "unrelated.csv"
+    unrelated.write_text(header + "other,neurocodec,m,q,0.1,30\n")
+    with pytest.raises(SystemExit):  # nothing in common: argparse's error, not a traceback
+        compare.main([str(old), str(unrelated)])
 
 
 def test_rd_compares_a_second_model_with_the_first(tmp_path: Path, pattern: np.ndarray, tiny_model) -> None:
