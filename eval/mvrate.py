@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neurocodec.codec import P_OFFSETS, check_offsets
+from neurocodec.codec import P_OFFSETS, check_offsets, offsets_text
 from neurocodec.errors import InputError
 from neurocodec.models import motion
 from neurocodec.zoo import DEFAULT_MODEL, load_model
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 curve.append((p.bpp, p.psnr_yuv))
                 points.append({"clip": Path(clip).stem, "mv_rate": rate, "mv_refine": passes, "span": args.span,
                                "p_offsets": list(pattern), "quality": q, "bpp": p.bpp, "psnr_yuv": p.psnr_yuv})
-                log(f"{Path(clip).stem} MV_RATE={rate:g} MV_REFINE={passes} P {_show(pattern)} q={q:g}: "
+                log(f"{Path(clip).stem} MV_RATE={rate:g} MV_REFINE={passes} P {offsets_text(pattern)} q={q:g}: "
                     f"{p.bpp:.4f} bpp, {p.psnr_yuv:.2f} dB")
             curves[rate, passes, pattern] = curve
         anchor = curves[settings[0]]
@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
             if bd is not None:
                 gains[setting].append(bd.value)
             cells = "  ".join(f"{b:.4f}/{q:.2f}" for b, q in curve)
-            print(f"  MV_RATE {setting[0]:<5g} MV_REFINE {setting[1]} P {_show(setting[2])} {cells}"
+            print(f"  MV_RATE {setting[0]:<5g} MV_REFINE {setting[1]} P {offsets_text(setting[2])} {cells}"
                   + (f"  BD-rate {bd.value:+.1f} %" if bd else "  (anchor)"))
     for (rate, passes, pattern), values in gains.items():
-        print(f"MV_RATE {rate:g} MV_REFINE {passes} P {_show(pattern)}: mean BD-rate {np.nanmean(values):+.1f} % "
-              f"over {len(values)} clip(s)")
+        print(f"MV_RATE {rate:g} MV_REFINE {passes} P {offsets_text(pattern)}: "
+              f"mean BD-rate {np.nanmean(values):+.1f} % over {len(values)} clip(s)")
     if args.out:
         args.out.write_text(json.dumps(points, indent=1))
     return 0
@@ -89,13 +89,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _offsets(text: str) -> tuple[float, ...]:
     try:
-        return check_offsets(text.split(","))
+        return check_offsets(text)
     except InputError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _show(pattern: tuple[float, ...]) -> str:
-    return ",".join(f"{v:g}" for v in pattern)
 
 
 if __name__ == "__main__":

@@ -78,14 +78,14 @@ def encode(
                     "much slower encoding (an offline preset); any decoder decodes the stream.")] = 0,
     p_offsets: Annotated[str, typer.Option(
         help="Quality added to successive P-frames, cyclically after each I-frame (comma-separated; "
-             "0 codes every frame at --quality).")] = ",".join(f"{v:g}" for v in codec.P_OFFSETS),
+             "0 codes every frame at --quality).")] = codec.offsets_text(codec.P_OFFSETS),
     overwrite: Overwrite = False,
 ) -> None:
     """Encode a video file to a .ncv stream."""
     _check_output(output, overwrite)
     if gop == 0 or gop < -1:
         raise InputError("--gop must be a positive frame count or -1")
-    offsets = codec.check_offsets(p_offsets.split(","))
+    offsets = codec.check_offsets(p_offsets)
     info = io.probe(input)
     total = min(info.frame_count or frames or 0, frames or 10**9) or None
     count = 0
@@ -143,10 +143,11 @@ def info(
     """Show a stream's header, size, bitrate and frame types (without decoding)."""
     with open_stream(input) as reader:
         h = reader.header
-        packets = [(p.frame_type.name, sum(map(len, p.streams)), p.quality) for p in reader.packets()]
+        sizes, qualities = [], []
+        for p in reader.packets():
+            sizes.append((p.frame_type.name, sum(map(len, p.streams))))
+            qualities.append(p.quality)
         index = reader.index()
-    sizes = [(t, s) for t, s, _ in packets]
-    qualities = [q for _, _, q in packets]
     n = len(sizes)
     nbytes = input.stat().st_size
     report = {

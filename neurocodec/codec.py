@@ -77,15 +77,21 @@ PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat1
 P_OFFSETS: tuple[float, ...] = (-0.1, -0.1, -0.1, 0.15)
 
 
-def check_offsets(offsets: Iterable[float]) -> tuple[float, ...]:
-    """``offsets`` as a tuple, or an :class:`InputError` saying what is wrong with them."""
+def check_offsets(offsets: str | Iterable[float]) -> tuple[float, ...]:
+    """``offsets`` (numbers, or their :func:`offsets_text`) as a tuple, or an :class:`InputError`
+    saying what is wrong with them."""
     try:
-        values = tuple(float(v) for v in offsets)
+        values = tuple(float(v) for v in (offsets.split(",") if isinstance(offsets, str) else offsets))
     except (TypeError, ValueError) as e:
         raise InputError(f"P-frame quality offsets must be numbers: {e}") from None
     if not 1 <= len(values) <= 64 or not all(-1.0 <= v <= 1.0 for v in values):  # also rejects NaN
         raise InputError(f"P-frame quality offsets: 1 to 64 numbers in [-1, 1], got {values}")
     return values
+
+
+def offsets_text(offsets: Iterable[float]) -> str:
+    """Offsets written the way :func:`check_offsets` reads them (``-0.1,0.15``)."""
+    return ",".join(f"{v:g}" for v in offsets)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -197,7 +203,6 @@ class Encoder:
         )
         self._ref: torch.Tensor | None = None
         self._pts = 0
-        self._since_intra = 0  # frames since the last I-frame
 
     @property
     def frames_encoded(self) -> int:
@@ -220,15 +225,15 @@ class Encoder:
         h = self.header
         with stage("convert"):
             x = pad_to_stride(frame_to_tensor(frame, h.width, h.height, self.device))
-        intra = self._ref is None or (h.gop > 0 and self._pts % h.gop == 0)
-        self._since_intra = 0 if intra else self._since_intra + 1
+        since_intra = self._pts % h.gop if h.gop > 0 else self._pts  # 0: this frame is intra
+        intra = since_intra == 0
         if quality is not None:
             code = quality_to_code(quality)
         elif intra:
             code = self._quality_code
         else:
-            offset = self.p_offsets[(self._since_intra - 1) % len(self.p_offsets)]
-            code = quality_to_code(min(1.0, max(0.0, code_to_quality(self._quality_code) + offset)))
+            offset = self.p_offsets[(since_intra - 1) % len(self.p_offsets)]
+            code = quality_to_code(min(1.0, max(0.0, h.quality + offset)))
         q = torch.tensor([code_to_quality(code)], device=self.device)
         how = Refinement(self.refine, self.model.lmbda(q), h.height, h.width) if self.refine else None
         # refinement differentiates through the decoder: plain no-grad tensors, not inference ones
