@@ -28,7 +28,7 @@ def setup(tmp_path_factory):
             {"name": "intra", "steps": 40, "frames": 1, "lr": 3e-3},
             {"name": "motion", "steps": 2, "frames": 2, "lr": 1e-3},
             {"name": "inter", "steps": 2, "frames": 2, "lr": 1e-3},
-            {"name": "multi", "steps": 2, "frames": 3, "lr": 1e-4, "drift": 1.0},
+            {"name": "multi", "steps": 2, "frames": 3, "lr": 1e-4, "drift": 1.0, "p_offsets": True},
         ],
         "batch": 2, "crop": 64, "seed": 0, "video_dir": str(videos), "cache_dir": str(root / "cache"),
         "log_every": 1, "ckpt_every": 1000, "threads": 1,
@@ -123,6 +123,35 @@ def test_redecode_is_the_decoder_and_drift_gain_trains_it(tiny_model):
     assert model.inter.fuse[0].weight.grad.abs().sum() > 0
 
 
+def test_p_offsets_train_each_p_frame_at_the_encoders_quality(tiny_model):
+    """With ``p_offsets`` the P-frames of a sequence follow the encoder's cycle of offsets from a
+    random phase per sample (clamped to [0, 1]), and each frame is coded and weighted at its own
+    quality; without it every frame gets ``q`` and no random number is drawn (older runs replay)."""
+    import copy
+
+    from neurocodec.codec import P_OFFSETS
+
+    stage = train.Stage("multi", 1, frames=9, p_offsets=True)
+    q = torch.full((64,), 0.5)
+    qs = torch.stack(train.p_frame_qualities(stage, q, 8), 1)
+    cycles = [(0.5 + torch.tensor(P_OFFSETS).roll(-k)).repeat(2) for k in range(len(P_OFFSETS))]
+    phases = [next(k for k, c in enumerate(cycles) if torch.allclose(row, c)) for row in qs]
+    assert set(phases) == set(range(len(P_OFFSETS)))
+    ends = torch.stack(train.p_frame_qualities(stage, torch.tensor([0.0, 1.0]), 8), 1)  # clamped as the encoder
+    assert [{round(v, 4) for v in row.tolist()} for row in ends] == [{0.0, 0.15}, {0.9, 1.0}]
+    state = torch.get_rng_state()
+    assert all(x is q for x in train.p_frame_qualities(train.Stage("multi", 1, frames=3), q, 2))
+    assert torch.equal(state, torch.get_rng_state())
+
+    model = copy.deepcopy(tiny_model).train()
+    seen = []
+    forward = model.inter.forward
+    model.inter.forward = lambda x, ref, q, hint=None: seen.append(q) or forward(x, ref, q, hint)
+    seq = torch.from_numpy(moving_pattern(64, 64, 4, seed=1)).permute(0, 3, 1, 2).float().div(255)[None]
+    train.stage_loss(model, train.Stage("multi", 1, frames=4, p_offsets=True), seq, torch.tensor([0.5]))
+    assert any(torch.allclose(torch.cat(seen), c[:3]) for c in cycles)
+
+
 def test_drift_gain_under_amp_measures_the_flips_not_bfloat16(tiny_model):
     """Under bfloat16 autocast the gain compares two float32 decodes: it matches
     the float32 gain, where against the bfloat16 output it would be rounding noise."""
@@ -207,10 +236,12 @@ def test_export_writes_weights_that_code_and_a_card(setup, tmp_path):
 
     root, config = setup
     run = tmp_path / "run"
-    train.main([str(config), "--out", str(run), "--stop-after", "3"])
+    train.main([str(config), "--out", str(run), "--stop-after", "45"])  # one step into the last stage
     export.main([str(run / "ckpt.pt"), "--name", "tiny-x", "--out", str(tmp_path / "w")])
     model = load_model(tmp_path / "w" / "tiny-x.safetensors")
-    assert "intra: 3 steps, 1 frames per sequence" in (tmp_path / "w" / "tiny-x.md").read_text()
+    card = (tmp_path / "w" / "tiny-x.md").read_text()
+    assert "intra: 40 steps, 1 frames per sequence" in card
+    assert "multi: 1 steps, 3 frames per sequence, lr 0.0001, drift 1, P-frames at the encoder's quality" in card
     frames = moving_pattern(64, 48, 3, seed=1)
     decoded = neurocodec.decode(neurocodec.encode(frames, model=model, quality=0.5), model=model)
     assert decoded.shape == frames.shape

@@ -96,6 +96,7 @@ def export(checkpoint: Path, name: str, out: Path = WEIGHTS_DIR, results: Path |
                     + (f", lambda x{s['lambda_scale']:g}" if s.get("lambda_scale", 1.0) != 1.0 else "")
                     + (f", drift {s['drift']:g}" if s.get("drift") else "")
                     + (f", flow teacher {s['flow_hint']:g}" if s.get("flow_hint") else "")
+                    + (", P-frames at the encoder's quality offsets" if s.get("p_offsets") else "")
                     for s in run["stages"])
     card.append(f"{len(runs) + 1}. `python -m training.export runs/{name}-{len(runs) - 1}/ckpt.pt --name {name}`")
     if results:

@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from neurocodec.codec import P_OFFSETS
 from neurocodec.models import ModelConfig, VideoModel, to_reference
 from neurocodec.models.motion import warp
 from neurocodec.models.search import estimate_flow
@@ -67,6 +68,10 @@ class Stage:
     #: was measured to drop motion altogether (0 motion bits, a blurred
     #: reference) before it pays off.
     flow_hint: float = 0.0
+    #: code each sequence's P-frames at the encoder's quality offsets (``neurocodec.codec.P_OFFSETS``),
+    #: from a random place in their cycle per sample: the coder then learns from references of the
+    #: varying quality the encoder gives them, as DCVC-DC trains for its hierarchical quality.
+    p_offsets: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,16 @@ def drift_gain(model: VideoModel, out: dict, ref: torch.Tensor, q: torch.Tensor)
     return (moved - base).abs().flatten(1).sum(1) / flips.abs().flatten(1).sum(1).clamp_min(1 / 255.0)
 
 
+def p_frame_qualities(stage: Stage, q: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """The quality [B] of each of a sequence's ``n`` P-frames: ``q``, or with ``stage.p_offsets`` ``q``
+    plus the encoder's offsets from a random phase per sample, clamped to [0, 1] as the encoder does."""
+    if not stage.p_offsets:  # draws nothing: runs without offsets keep their random streams
+        return [q] * n
+    offsets = torch.tensor(P_OFFSETS, device=q.device, dtype=q.dtype)
+    phase = torch.randint(len(P_OFFSETS), q.shape, device=q.device)
+    return [(q + offsets[(phase + t) % len(P_OFFSETS)]).clamp(0.0, 1.0) for t in range(n)]
+
+
 def stage_loss(model: VideoModel, stage: Stage, seq: torch.Tensor, q: torch.Tensor) -> dict[str, torch.Tensor]:
     """Loss and logged stats (per-sample ``mse``, ``bpp``, ``gain``) of one batch ``seq`` [B, T, 3, H, W]."""
     lam = model.lmbda(q) * 255.0**2 * stage.lambda_scale
@@ -161,14 +176,15 @@ def stage_loss(model: VideoModel, stage: Stage, seq: torch.Tensor, q: torch.Tens
         loss = (lam * mse + bpp).mean() + (stage.flow_hint * (flow[:, :2] - hint).abs().mean() if teach else 0)
         return {"loss": loss, "mse": mse, "bpp": bpp}
     losses, mses, bpps, gains = [], [], [], []
-    for t in range(1, seq.shape[1]):
+    for t, qt in enumerate(p_frame_qualities(stage, q, seq.shape[1] - 1), 1):
+        lam = model.lmbda(qt) * 255.0**2 * stage.lambda_scale
         hint = estimate_flow(seq[:, t], ref.detach()) if teach else None
-        out = model.inter(seq[:, t], ref, q, hint)
+        out = model.inter(seq[:, t], ref, qt, hint)
         mse, bpp = rd_terms(seq[:, t], out["x_hat"], list(out["likelihoods"].values()))
         # the teacher keeps the motion coder from trading motion for bits early in joint training
         loss = (lam * mse + bpp).mean() + (stage.flow_hint * (out["flow"][:, :2] - hint).abs().mean() if teach else 0)
         if stage.drift:
-            gains.append(drift_gain(model, out, ref, q))
+            gains.append(drift_gain(model, out, ref, qt))
             loss = loss + stage.drift * (gains[-1] - DRIFT_TARGET).relu().mean()
         losses.append(loss)
         mses.append(mse)
