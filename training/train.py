@@ -159,12 +159,14 @@ def p_frame_qualities(stage: Stage, q: torch.Tensor, n: int) -> list[torch.Tenso
 
 def stage_loss(model: VideoModel, stage: Stage, seq: torch.Tensor, q: torch.Tensor) -> dict[str, torch.Tensor]:
     """Loss and logged stats (per-sample ``mse``, ``bpp``, ``gain``) of one batch ``seq`` [B, T, 3, H, W]."""
-    lam = model.lmbda(q) * 255.0**2 * stage.lambda_scale
+    def lam(q: torch.Tensor) -> torch.Tensor:  # the distortion's weight at quality q [B]
+        return model.lmbda(q) * 255.0**2 * stage.lambda_scale
+
     x0 = seq[:, 0]
     if stage.name == "intra":
         out = model.intra(x0, q)
         mse, bpp = rd_terms(x0, out["x_hat"], list(out["likelihoods"].values()))
-        return {"loss": (lam * mse + bpp).mean(), "mse": mse, "bpp": bpp}
+        return {"loss": (lam(q) * mse + bpp).mean(), "mse": mse, "bpp": bpp}
     with torch.no_grad():
         # references stay float32 under --amp: bfloat16 cannot hold every 8-bit level k/255
         ref = to_reference(model.intra(x0, q)["x_hat"].float())
@@ -173,16 +175,17 @@ def stage_loss(model: VideoModel, stage: Stage, seq: torch.Tensor, q: torch.Tens
         hint = estimate_flow(seq[:, 1], ref) if teach else None
         flow, lik = model.inter.motion(seq[:, 1], ref, q, hint)
         mse, bpp = rd_terms(seq[:, 1], warp(ref, flow), list(lik.values()))
-        loss = (lam * mse + bpp).mean() + (stage.flow_hint * (flow[:, :2] - hint).abs().mean() if teach else 0)
+        loss = (lam(q) * mse + bpp).mean() + (stage.flow_hint * (flow[:, :2] - hint).abs().mean() if teach else 0)
         return {"loss": loss, "mse": mse, "bpp": bpp}
     losses, mses, bpps, gains = [], [], [], []
     for t, qt in enumerate(p_frame_qualities(stage, q, seq.shape[1] - 1), 1):
-        lam = model.lmbda(qt) * 255.0**2 * stage.lambda_scale
         hint = estimate_flow(seq[:, t], ref.detach()) if teach else None
         out = model.inter(seq[:, t], ref, qt, hint)
         mse, bpp = rd_terms(seq[:, t], out["x_hat"], list(out["likelihoods"].values()))
         # the teacher keeps the motion coder from trading motion for bits early in joint training
-        loss = (lam * mse + bpp).mean() + (stage.flow_hint * (out["flow"][:, :2] - hint).abs().mean() if teach else 0)
+        loss = (lam(qt) * mse + bpp).mean()
+        if teach:
+            loss = loss + stage.flow_hint * (out["flow"][:, :2] - hint).abs().mean()
         if stage.drift:
             gains.append(drift_gain(model, out, ref, qt))
             loss = loss + stage.drift * (gains[-1] - DRIFT_TARGET).relu().mean()
