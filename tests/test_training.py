@@ -75,6 +75,16 @@ def test_interrupted_run_resumes_exactly(setup):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_time_limit_checkpoints_and_exits_after_the_step_that_passes_it(setup, capsys):
+    """A lease's end: the run stops at a step boundary with a checkpoint it resumes from."""
+    root, config = setup
+    train.main([str(config), "--out", str(root / "t"), "--time-limit", "0"])
+    ck = torch.load(root / "t" / "ckpt.pt", weights_only=False)
+    assert (ck["stage_idx"], ck["step"]) == (0, 1) and ck["opt"] is not None
+    assert "stopped (--time-limit)" in capsys.readouterr().out
+    assert len(_log(root / "t")) == 1
+
+
 def test_amp_and_torchrun_ddp_smoke(setup, tmp_path):
     """bfloat16 autocast trains on CPU; two processes under torchrun (gloo) train and checkpoint."""
     import os

@@ -382,6 +382,17 @@ def gather(obj):
     return out
 
 
+def past(deadline: float | None, device: str) -> bool:
+    """Whether the run's time limit has passed, decided by rank 0's clock so that all ranks stop at one step."""
+    if deadline is None:
+        return False
+    if not dist.is_initialized():
+        return time.monotonic() > deadline
+    flag = torch.tensor([time.monotonic() > deadline], dtype=torch.int32, device=device)
+    dist.broadcast(flag, 0)
+    return bool(flag.item())
+
+
 def rng_state(device: str) -> dict:
     state = {"cpu": torch.get_rng_state()}
     if device.startswith("cuda"):
@@ -400,10 +411,14 @@ def main(argv: list[str] | None = None) -> None:
                          "weights (a model name or .safetensors file): fine-tuning")
     ap.add_argument("--stop-after", type=int, metavar="STEPS",
                     help="checkpoint and exit after this many steps (time-boxed runs); rerun to resume")
+    ap.add_argument("--time-limit", type=float, metavar="SECONDS",
+                    help="checkpoint and exit after the first step that ends this long after the start "
+                         "(a lease's end: nothing since the last checkpoint is lost); rerun to resume")
     ap.add_argument("--amp", action="store_true",
                     help="bfloat16 autocast for the transforms (entropy models stay float32)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the training step")
     args = ap.parse_args(argv)
+    start = time.monotonic()
 
     cfg = TrainConfig.load(args.config)
     rank, world, device = setup_distributed(args.device)
@@ -474,6 +489,8 @@ def main(argv: list[str] | None = None) -> None:
 
     log = (args.out / "log.jsonl").open("a") if main_process else None
     steps_left = args.stop_after
+    deadline = None if args.time_limit is None else start + args.time_limit
+    stop = False
     for stage_idx in range(first_stage, len(cfg.stages)):
         stage = cfg.stages[stage_idx]
         opt = torch.optim.Adam(param_groups(model, stage))
@@ -511,7 +528,8 @@ def main(argv: list[str] | None = None) -> None:
             if steps_left is not None:
                 steps_left -= 1
             done = step == stage.steps - 1
-            if (step + 1) % cfg.ckpt_every == 0 or done or steps_left == 0:
+            stop = steps_left == 0 or (not done and past(deadline, device))
+            if (step + 1) % cfg.ckpt_every == 0 or done or stop:
                 samplers, rngs = gather(sampler.rng.bit_generator.state), gather(rng_state(device))
                 if main_process:
                     lock.check()
@@ -524,15 +542,16 @@ def main(argv: list[str] | None = None) -> None:
                         "init_hash": init_hash,
                         "video_dir": str(args.video_dir or cfg.video_dir),
                     })
-            if steps_left == 0:
+            if stop:
                 if main_process:
                     log.close()
-                    print(f"stopped after --stop-after steps; checkpoint: {ckpt_path}")
+                    print(f"stopped ({'--stop-after steps' if steps_left == 0 else '--time-limit'}); "
+                          f"checkpoint: {ckpt_path}")
                 break
-        if steps_left == 0:
+        if stop:
             break
         step = 0
-    if main_process and steps_left != 0:
+    if main_process and not stop:
         log.close()
         print(f"done: {ckpt_path} ({elapsed / 60:.1f} min of training)")
     if world > 1:  # leave together: a process exiting mid-collective aborts its peer
