@@ -7,7 +7,7 @@
 # and all it measures comes back as two files in $OUT (logs.tar.gz, ckpt.pt).
 #
 # Prepare on this machine (README, "Training on a leased GPU"):
-#   python -m training.pack ../shared/video --out .gpu/clips --max-frames 48
+#   python -m training.pack ../shared/video --out .gpu/clips --max-frames 48 --crf 17  (fits 64 MiB)
 #   cp ../shared/video/skate_parkour.mp4 .gpu/
 #   .whl/: the av and pytorch-msssim wheels for CPython 3.12, compressai's sdist
 # Then run there, carrying .whl and .gpu:  BUDGET=560 bash training/gpu_session.sh
