@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="bfloat16 autocast for the transforms (entropy models stay float32)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the training step")
     args = ap.parse_args(argv)
-    start = time.monotonic()
+    deadline = None if args.time_limit is None else time.monotonic() + args.time_limit
 
     cfg = TrainConfig.load(args.config)
     rank, world, device = setup_distributed(args.device)
@@ -489,7 +489,6 @@ def main(argv: list[str] | None = None) -> None:
 
     log = (args.out / "log.jsonl").open("a") if main_process else None
     steps_left = args.stop_after
-    deadline = None if args.time_limit is None else start + args.time_limit
     stop = False
     for stage_idx in range(first_stage, len(cfg.stages)):
         stage = cfg.stages[stage_idx]
