@@ -257,3 +257,50 @@ def test_vector_refinement_descends_the_decoders_cost_to_a_local_minimum():
             step = field.clone()
             step[0, :, i, j] += torch.tensor([float(dx), float(dy)])
             assert _prediction_cost(step, cur, prev, mu) >= cost - 1e-3, (mu, i, j, dx, dy)
+
+
+def test_vector_refinement_batched_or_one_by_one_chooses_alike():
+    """The GPU's batched scoring of each phase's nine trials picks what one trial at a time picks,
+    ties included (flat content: many trials cost the same), for a batch at several qualities."""
+    from neurocodec.models.motion import refine_vectors
+    from neurocodec.models.search import luma
+
+    frames = moving_pattern(96, 64, 2, seed=7)
+    prev = luma(torch.cat([_tensor(frames[0]), torch.full((1, 3, 64, 96), 0.5)]))
+    cur = luma(torch.cat([_tensor(frames[1]), torch.full((1, 3, 64, 96), 0.5)]))
+    torch.manual_seed(1)
+    start = torch.randint(-9, 10, (2, 2, 4, 6)).float()
+    for mu in ([0.0, 0.0], [5.0, 60.0]):
+        one = refine_vectors(start, cur, prev, torch.tensor(mu), passes=3, batched=False)
+        assert torch.equal(one, refine_vectors(start, cur, prev, torch.tensor(mu), passes=3, batched=True))
+        assert not torch.equal(one, start)
+
+
+def test_all_shifts_at_once_choose_as_a_loop_over_shifts():
+    """The search tries every shift as one batch; a plain loop in the same order (dy outer, dx inner,
+    the first of equal costs kept, zero shift favoured by ZERO_BIAS) chooses the same shifts, ties
+    included (quantised content makes many)."""
+    import torch.nn.functional as F
+
+    from neurocodec.models import search
+
+    torch.manual_seed(2)
+    cur = (torch.rand(2, 1, 24, 32) * 4).round() / 4
+    ref = torch.roll(cur, (1, -2), (2, 3))
+    ref[0, :, :8] = 0.5  # flat: every shift ties
+    r = 2
+    padded = F.pad(ref, (r,) * 4, mode="replicate")
+    best_cost = torch.full_like(cur, float("inf"))
+    best = torch.zeros(2, 2, 24, 32)
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            moved = padded[..., r + dy: r + dy + 24, r + dx: r + dx + 32]
+            cost = F.avg_pool2d((cur - moved).abs(), search.BLOCK, 1, search.BLOCK // 2, count_include_pad=False)
+            cost = cost - search.ZERO_BIAS if dx == dy == 0 else cost
+            better = cost < best_cost
+            best_cost = torch.where(better, cost, best_cost)
+            best[:, 0:1].masked_fill_(better, dx)
+            best[:, 1:2].masked_fill_(better, dy)
+    found = search._best_shift(cur, ref, r)
+    assert torch.equal(found, best)
+    assert (found[0, :, :2] == 0).all() and (found[1, :, 8:16, 8:24] == torch.tensor([-2.0, 1.0]).view(2, 1, 1)).all()

@@ -11,6 +11,12 @@
 #   cp ../shared/video/skate_parkour.mp4 .gpu/
 #   .whl/: the av and pytorch-msssim wheels for CPython 3.12, compressai's sdist
 # Then run there, carrying .whl and .gpu:  BUDGET=560 bash training/gpu_session.sh
+#
+# Two calls, one run: a lease's per-command limit is shorter than its device time, and a warm
+# machine keeps its files. With LATER=S the first call fits the run's steps to its own time plus S
+# seconds more and brings back only the checkpoint; the next call, RESUME=1 BUDGET=..., on the same
+# warm machine, resumes that run (optimizer state, schedule and data order, exactly), takes it
+# through its final low-rate steps and wraps up (export, drift of the new weights).
 set -u
 START=$(date +%s)
 BUDGET=${BUDGET:-560}
@@ -20,14 +26,28 @@ CUDA=${CUDA:-1}
 BENCH=${BENCH:-1}   # 0: no speed benchmark (the weights' architecture was benchmarked already)
 # a log.jsonl of an earlier run on this very machine spares the ~30 s probe
 TIMES=${TIMES:-}
+LATER=${LATER:-0}    # seconds of steps a RESUME=1 call will add to this run
+RESUME=${RESUME:-0}  # 1: continue the first call's run on the same warm machine, then wrap up
 LOGS=/tmp/gpu-logs  # tarred into $OUT: a lease returns at most 8 files
-WRAP_UP=85          # seconds kept after training: export, drift of the new weights, packing
+# seconds kept after training: export, drift of the new weights (~60 s), packing; a first call
+# of two only saves its checkpoint
+WRAP_UP=${WRAP_UP:-$([ "$LATER" -gt 0 ] && echo 25 || echo 100)}
 mkdir -p "$OUT" "$LOGS"
 left() { echo $((BUDGET - $(date +%s) + START)); }
 stamp() { echo "[$(($(date +%s) - START)) s] $*" | tee -a "$LOGS/timeline.txt"; }
 pack() { tar czf "$OUT/logs.tar.gz" -C "$LOGS" . 2>/dev/null; }
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8
+CAI=$(echo /tmp/cai/compressai-*)
+TRAIN_ARGS=(--init nc-starter --video-dir .gpu/clips --amp)
+DRIFT=(.gpu/skate_parkour.mp4 --frames 96 --gop -1)
 
+if [ "$RESUME" = 1 ]; then
+    export PYTHONPATH=$PWD:$CAI:/tmp/site
+    LIMIT=$(( $(left) - WRAP_UP ))
+    stamp "training resumed for $LIMIT s at most"
+    timeout -s INT $(( LIMIT + 30 )) python3 -m training.train training/configs/gpu-fitted.json \
+        --out runs/gpu "${TRAIN_ARGS[@]}" --time-limit $LIMIT > "$LOGS/train-resumed.txt" 2>&1
+else
 stamp "setup: wheels, and compressai's extensions built from its sdist (no cp312 wheel offline)"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
     > "$LOGS/setup.txt" 2>&1 || { cat "$LOGS/setup.txt"; exit 1; }
@@ -65,8 +85,7 @@ stamp "step times (${TIMES:-probe}), steps fitted to the time left"
 # on the H200 (2026-11-26) the probe took 33 s and the trainer 14 s to start; 10% margin for
 # the checks run beside it (that lease's 15% left 100 s of its 555 unused)
 STARTUP=$([ -n "$TIMES" ] && echo 17 || echo 50)
-SECONDS_FOR_STEPS=$(( ($(left) - WRAP_UP - STARTUP) * 9 / 10 ))
-TRAIN_ARGS=(--init nc-starter --video-dir .gpu/clips --amp)
+SECONDS_FOR_STEPS=$(( ($(left) - WRAP_UP - STARTUP) * 9 / 10 + LATER ))
 python3 -m training.budget "$CONFIG" --seconds $SECONDS_FOR_STEPS --out training/configs/gpu-fitted.json \
     ${TIMES:+--times "$TIMES"} -- "${TRAIN_ARGS[@]}" > "$LOGS/budget.txt" 2>&1
 cp training/configs/gpu-fitted.json "$LOGS/" 2>/dev/null
@@ -83,13 +102,13 @@ TRAIN=$!
 stamp "determinism tests on CUDA, drift of the shipped weights (beside training)"
 timeout 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_determinism.py > "$LOGS/pytest-cuda.txt" 2>&1
 tail -3 "$LOGS/pytest-cuda.txt"
-DRIFT=(.gpu/skate_parkour.mp4 --frames 96 --gop -1)
 timeout 150 python3 -m eval.drift "${DRIFT[@]}" --decode cpu:fp32 cuda:fp32 cuda:fp16 cuda:bf16 \
     --out "$LOGS/drift-shipped-cpu-encode.json" > "$LOGS/drift-shipped-cpu-encode.txt" 2>&1
 timeout 100 python3 -m eval.drift "${DRIFT[@]}" --encode cuda:fp16 --decode cpu:fp32 cuda:fp16 \
     --out "$LOGS/drift-shipped-cuda-encode.json" > "$LOGS/drift-shipped-cuda-encode.txt" 2>&1
 pack
 wait $TRAIN
+fi
 stamp "training ended (exit $?)"
 cp runs/gpu/log.jsonl "$LOGS/train-log.jsonl"
 
@@ -98,6 +117,7 @@ python3 -c "import torch; ck = torch.load('runs/gpu/ckpt.pt', map_location='cpu'
 ck['opt'] = None
 ck['model'] = {k: v.half() if v.dim() == 4 and k.endswith('.weight') else v for k, v in ck['model'].items()}
 torch.save(ck, '$OUT/ckpt.pt'); print(ck['stage_idx'], ck['step'], round(ck['elapsed']))" 2>&1 | tee "$LOGS/ckpt.txt"
+if [ "$LATER" -gt 0 ]; then stamp "done (the run goes on in a RESUME=1 call)"; pack; exit 0; fi
 python3 -m training.export runs/gpu/ckpt.pt --name nc-gpu --out /tmp/weights > "$LOGS/export.txt" 2>&1
 stamp "drift of the new weights"
 timeout $(( $(left) - 5 )) python3 -m eval.drift "${DRIFT[@]}" --model /tmp/weights/nc-gpu.safetensors \

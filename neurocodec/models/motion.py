@@ -153,10 +153,11 @@ def choose_vectors(cand: Tensor, cost: Tensor, mu: Tensor) -> Tensor:
     def best_path(vectors: Tensor, costs: Tensor, acc: Tensor) -> Tensor:
         """vectors [b, n, k, 2], costs [b, n, k] along a chain, acc [b, k] at its start:
         the chosen candidate per position [b, n]."""
+        # every transition's price at once [b, n-1, k, k]: the chain's loop is then three kernels a link
+        price = mu[:, None] * difference_bits(vectors[:, 1:, None] - vectors[:, :-1, :, None])
         back = []
         for i in range(1, vectors.shape[1]):
-            step = acc[:, :, None] + mu * difference_bits(vectors[:, i, None] - vectors[:, i - 1, :, None])
-            acc, arg = step.min(1)
+            acc, arg = (acc[:, :, None] + price[:, i - 1]).min(1)
             acc = acc + costs[:, i]
             back.append(arg)
         pick = acc.argmin(1)
@@ -188,7 +189,8 @@ def block_flow(v: Tensor) -> Tensor:
     return F.interpolate(v / MV_PRECISION, scale_factor=MV_BLOCK, mode="bilinear", align_corners=False)
 
 
-def refine_vectors(v: Tensor, cur: Tensor, prev: Tensor, mu: Tensor, passes: int = 1) -> Tensor:
+def refine_vectors(v: Tensor, cur: Tensor, prev: Tensor, mu: Tensor, passes: int = 1,
+                   batched: bool | None = None) -> Tensor:
     """Move block vectors where that lowers the cost of the prediction the *decoder* makes (luma
     SAD of :func:`block_flow`'s warp) plus ``mu`` [B] times the bits of the differences each vector
     enters (:func:`difference_bits`); ``passes`` coarse to fine, in steps of 2^(passes-1) quarter-pels
@@ -199,6 +201,7 @@ def refine_vectors(v: Tensor, cur: Tensor, prev: Tensor, mu: Tensor, passes: int
     32x32 window around its block, so blocks two apart in both directions (one of four phases) never
     share a pixel or a coded difference: each phase is updated at once and exactly, and the total
     cost only falls (coordinate descent). ``cur``, ``prev``: luma [B, 1, H, W]; returns ``v`` moved.
+    ``batched`` (default: on a GPU) scores each phase's trials together; the result is the same.
     """
     b, _, h, w = v.shape
     mu = mu.view(b, 1, 1)
@@ -221,19 +224,24 @@ def refine_vectors(v: Tensor, cur: Tensor, prev: Tensor, mu: Tensor, passes: int
         own[..., :-1, 0] += bits[..., 1:, 0]  # first column: so is the block below
         return sad + mu * own
 
+    # Each phase scores its current vectors and eight moves, and each block keeps the first of its
+    # lowest costs (the current vectors first), as a loop of strict improvements would. On a GPU the
+    # nine are one batch: launches, not arithmetic, bound this search there (one by one it was most
+    # of a training step's time); on a CPU one at a time keeps the working set in cache (1.5x faster).
+    group = 9 if (v.is_cuda if batched is None else batched) else 1
+    tiled = group, *(1,) * (cur.dim() - 1)
+    cur, prev, mu = cur.repeat(tiled), prev.repeat(tiled), mu.repeat(group, 1, 1)
     for size in reversed(range(passes)):
-        steps = [(dx << size, dy << size) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dx or dy]
+        steps = torch.tensor([[0, 0]] + [[dx << size, dy << size] for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                                         if dx or dy], dtype=v.dtype, device=v.device)  # [9, 2]
         for mask, active, reach in phases:  # reach: the grid's move per quarter-pel of this phase
             grid = sampling_grid(block_flow(v))
-            best, best_cost = v, cost(v, grid)
-            for dx, dy in steps:
-                step = torch.tensor([dx, dy], dtype=v.dtype, device=v.device)
-                moved = v + step.view(1, 2, 1, 1) * mask
-                c = cost(moved, grid + reach * step)
-                better = (c < best_cost) & active
-                best = torch.where(better[:, None], moved, best)
-                best_cost = torch.where(better, c, best_cost)
-            v = best
+            moved = v + steps.view(9, 1, 2, 1, 1) * mask  # [9, B, 2, h, w]
+            costs = torch.cat([cost(moved[i: i + group].flatten(0, 1),
+                                    (grid + reach * steps[i: i + group].view(-1, 1, 1, 1, 2)).flatten(0, 1))
+                               for i in range(0, 9, group)])
+            best = torch.where(active, costs.view(9, b, h, w).argmin(0), 0)
+            v = moved.gather(0, best[None, :, None].expand(1, b, 2, h, w))[0]
     return v
 
 

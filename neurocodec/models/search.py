@@ -45,23 +45,21 @@ def luma(x: Tensor) -> Tensor:
 def _best_shift(cur: Tensor, ref: Tensor, radius: int) -> Tensor:
     """Per-pixel integer (dx, dy) [B, 2, H, W] minimising the block cost of ``cur`` vs shifted ``ref``.
 
-    ``ref`` is edge-replicated outside the frame; a shift of zero gets ZERO_BIAS off its cost.
+    ``ref`` is edge-replicated outside the frame; a shift of zero gets ZERO_BIAS off its cost. All
+    shifts are tried at once, as channels (``unfold``: dy outer, dx inner), and ties go to the first
+    in that order: the same vectors a loop over shifts chose, but a few kernels instead of ~10 per
+    shift, whose launches made this search most of a GPU training step's time.
     """
-    h, w = cur.shape[-2:]
-    padded = F.pad(ref, (radius,) * 4, mode="replicate")
-    best_cost = torch.full_like(cur, float("inf"))
-    best = cur.new_zeros(cur.shape[0], 2, h, w)
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            moved = padded[..., radius + dy: radius + dy + h, radius + dx: radius + dx + w]
-            cost = F.avg_pool2d((cur - moved).abs(), BLOCK, 1, BLOCK // 2, count_include_pad=False)
-            if dx == 0 and dy == 0:
-                cost = cost - ZERO_BIAS
-            better = cost < best_cost
-            best_cost = torch.where(better, cost, best_cost)
-            best[:, 0:1].masked_fill_(better, dx)
-            best[:, 1:2].masked_fill_(better, dy)
-    return best
+    b, _, h, w = cur.shape
+    side = 2 * radius + 1
+    moved = F.unfold(F.pad(ref, (radius,) * 4, mode="replicate"), side).view(b, side * side, h, w)
+    # channels last: the pooling vectorises over shifts and the argmin reads them contiguously
+    # (on a CPU 1.2-4x faster than a loop over shifts, where planar layout was slower than the loop)
+    error = (cur - moved).abs_().contiguous(memory_format=torch.channels_last)
+    cost = F.avg_pool2d(error, BLOCK, 1, BLOCK // 2, count_include_pad=False)
+    cost[:, side * side // 2] -= ZERO_BIAS
+    index = cost.argmin(1, keepdim=True)
+    return torch.cat([index % side - radius, index // side - radius], 1).to(cur.dtype)
 
 
 def median(flow: Tensor, k: int = MEDIAN) -> Tensor:
