@@ -29,8 +29,9 @@ TIMES=${TIMES:-}
 LATER=${LATER:-0}    # seconds of steps a RESUME=1 call will add to this run
 RESUME=${RESUME:-0}  # 1: continue the first call's run on the same warm machine, then wrap up
 LOGS=/tmp/gpu-logs  # tarred into $OUT: a lease returns at most 8 files
-# seconds kept after training: export, drift of the new weights (~60 s), packing; a first call
-# of two only saves its checkpoint
+# seconds kept after training: checkpoint and export (~20 s on an H200), the drift of the new weights
+# (more than 40 s: the 37 s a 75 s wrap-up left it measured nothing), packing; a first call of two
+# only saves its checkpoint
 WRAP_UP=${WRAP_UP:-$([ "$LATER" -gt 0 ] && echo 25 || echo 100)}
 mkdir -p "$OUT" "$LOGS"
 left() { echo $((BUDGET - $(date +%s) + START)); }
