@@ -53,7 +53,9 @@ def problems(runs: list[dict]) -> list[str]:
             found.append(f"run {k + 1}: {path} no longer says what the run trained (stages, batch or crop changed)")
         videos = Path(run.get("video_dir") or config.get("video_dir", train.TrainConfig.video_dir))
         if not videos.is_dir():
-            hint = (" (pack it: python -m training.pack ../shared/video --out .gpu/clips --max-frames 48)"
+            # the leases packed at x265 CRF 16 (runs 7, 11, 12) or 17 (from run 14): the card says which
+            hint = (" (pack it: python -m training.pack ../shared/video --out .gpu/clips --max-frames 48"
+                    " --crf CRF, CRF as the model card's notes give for this run)"
                     if videos == Path(".gpu/clips") else "")
             found.append(f"run {k + 1}: its videos, {videos}, are not here{hint}")
     return found
