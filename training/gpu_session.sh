@@ -38,25 +38,30 @@ left() { echo $((BUDGET - $(date +%s) + START)); }
 stamp() { echo "[$(($(date +%s) - START)) s] $*" | tee -a "$LOGS/timeline.txt"; }
 pack() { tar czf "$OUT/logs.tar.gz" -C "$LOGS" . 2>/dev/null; }
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8
-CAI=$(echo /tmp/cai/compressai-*)
+use_built() { export PYTHONPATH=$PWD:$(echo /tmp/cai/compressai-*):/tmp/site; }  # after the setup below
 TRAIN_ARGS=(--init nc-starter --video-dir .gpu/clips --amp)
 DRIFT=(.gpu/skate_parkour.mp4 --frames 96 --gop -1)
+# The fitted run, started or resumed, until WRAP_UP seconds are left; $1: its log. --time-limit
+# checkpoints at the first step past the limit, so a run slower than fitted still brings back every
+# step; the timeout behind it only guards against a hang.
+train() {
+    local limit=$(( $(left) - WRAP_UP ))
+    stamp "training for $limit s at most ($1)"
+    timeout -s INT $(( limit + 30 )) python3 -m training.train training/configs/gpu-fitted.json \
+        --out runs/gpu "${TRAIN_ARGS[@]}" --time-limit $limit > "$LOGS/$1" 2>&1
+}
 
 if [ "$RESUME" = 1 ]; then
-    export PYTHONPATH=$PWD:$CAI:/tmp/site
-    LIMIT=$(( $(left) - WRAP_UP ))
-    stamp "training resumed for $LIMIT s at most"
-    timeout -s INT $(( LIMIT + 30 )) python3 -m training.train training/configs/gpu-fitted.json \
-        --out runs/gpu "${TRAIN_ARGS[@]}" --time-limit $LIMIT > "$LOGS/train-resumed.txt" 2>&1
+    use_built
+    train train-resumed.txt
 else
 stamp "setup: wheels, and compressai's extensions built from its sdist (no cp312 wheel offline)"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
     > "$LOGS/setup.txt" 2>&1 || { cat "$LOGS/setup.txt"; exit 1; }
 mkdir -p /tmp/cai && tar xzf .whl/compressai-*.tar.gz -C /tmp/cai
-CAI=$(echo /tmp/cai/compressai-*)
-(cd "$CAI" && python3 setup.py -q build_ext --inplace --parallel 4) >> "$LOGS/setup.txt" 2>&1 \
+(cd /tmp/cai/compressai-* && python3 setup.py -q build_ext --inplace --parallel 4) >> "$LOGS/setup.txt" 2>&1 \
     || { tail -20 "$LOGS/setup.txt"; exit 1; }
-export PYTHONPATH=$PWD:$CAI:/tmp/site
+use_built
 nvidia-smi > "$LOGS/nvidia-smi.txt" 2>&1
 python3 -c "import torch, neurocodec, compressai, av; assert torch.cuda.is_available() or not $CUDA
 print(torch.__version__, compressai.__version__, av.__version__)" >> "$LOGS/setup.txt" 2>&1 || { cat "$LOGS/setup.txt"; exit 1; }
@@ -92,12 +97,7 @@ python3 -m training.budget "$CONFIG" --seconds $SECONDS_FOR_STEPS --out training
 cp training/configs/gpu-fitted.json "$LOGS/" 2>/dev/null
 tail -6 "$LOGS/budget.txt"
 
-# --time-limit checkpoints at the first step past the limit, so a run slower than fitted
-# still brings back every step; the timeout behind it only guards against a hang
-LIMIT=$(( $(left) - WRAP_UP ))
-stamp "training (background) for $LIMIT s at most"
-timeout -s INT $(( LIMIT + 30 )) python3 -m training.train training/configs/gpu-fitted.json \
-    --out runs/gpu "${TRAIN_ARGS[@]}" --time-limit $LIMIT > "$LOGS/train.txt" 2>&1 &
+train train.txt &
 TRAIN=$!
 
 stamp "determinism tests on CUDA, drift of the shipped weights (beside training)"

@@ -228,19 +228,21 @@ def refine_vectors(v: Tensor, cur: Tensor, prev: Tensor, mu: Tensor, passes: int
     # lowest costs (the current vectors first), as a loop of strict improvements would. On a GPU the
     # nine are one batch: launches, not arithmetic, bound this search there (one by one it was most
     # of a training step's time); on a CPU one at a time keeps the working set in cache (1.3x faster at 720p).
-    group = 9 if (v.is_cuda if batched is None else batched) else 1
+    moves = torch.tensor([[0, 0]] + [[dx, dy] for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dx or dy],
+                         dtype=v.dtype, device=v.device)  # [9, 2], in units of a pass's step
+    n = len(moves)
+    group = n if (v.is_cuda if batched is None else batched) else 1
     tiled = group, *(1,) * (cur.dim() - 1)
     cur, prev, mu = cur.repeat(tiled), prev.repeat(tiled), mu.repeat(group, 1, 1)
     for size in reversed(range(passes)):
-        steps = torch.tensor([[0, 0]] + [[dx << size, dy << size] for dy in (-1, 0, 1) for dx in (-1, 0, 1)
-                                         if dx or dy], dtype=v.dtype, device=v.device)  # [9, 2]
+        steps = moves * 2**size
         for mask, active, reach in phases:  # reach: the grid's move per quarter-pel of this phase
             grid = sampling_grid(block_flow(v))
-            moved = v + steps.view(9, 1, 2, 1, 1) * mask  # [9, B, 2, h, w]
+            moved = v + steps.view(n, 1, 2, 1, 1) * mask  # [n, B, 2, h, w]
             costs = torch.cat([cost(moved[i: i + group].flatten(0, 1),
                                     (grid + reach * steps[i: i + group].view(-1, 1, 1, 1, 2)).flatten(0, 1))
-                               for i in range(0, 9, group)])
-            best = torch.where(active, costs.view(9, b, h, w).argmin(0), 0)
+                               for i in range(0, n, group)])
+            best = torch.where(active, costs.view(n, b, h, w).argmin(0), 0)
             v = moved.gather(0, best[None, :, None].expand(1, b, 2, h, w))[0]
     return v
 
