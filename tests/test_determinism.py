@@ -17,6 +17,7 @@ import torch
 
 import neurocodec
 from eval import drift
+from neurocodec._compat import GDN
 from neurocodec.entropy import Hyperprior
 from neurocodec.metrics import psnr
 
@@ -83,6 +84,24 @@ def test_intra_synthesis_writes_the_reference_in_float32(tiny_model):
         expected = intra.g_s[-1](h.float())
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("coder", ["intra", "inter"])
+def test_synthesis_normalises_in_float32(tiny_model, coder):
+    """Under half precision the inverse GDN's rounding would land in the frame, hence in every
+    later reference: each synthesis' normalisations compute in float32 on float32 features."""
+    g_s = getattr(tiny_model, coder).g_s
+    gdns = [layer for layer in g_s if isinstance(layer, GDN)]
+    assert gdns and all(layer.inverse for layer in gdns)
+    torch.manual_seed(0)
+    x = (torch.randn(1, gdns[0].beta.numel(), 4, 6) * 3).bfloat16().float()  # exact in bfloat16
+    with torch.inference_mode():
+        expected = [layer(x) for layer in gdns]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = [layer(x.bfloat16()) for layer in gdns]
+    for out, ref in zip(got, expected, strict=True):
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
 def test_table_indexes_identical_in_float64(tiny_model):

@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._compat import GDN
 from ..entropy import Coded, Hyperprior, Parsed
 from ..profiling import stage
-from .layers import GainPair, analysis, bilinear_warp, cat_channels, conv, deconv, grid_scale, sampling_grid
+from .layers import GainPair, InverseGDN, analysis, bilinear_warp, cat_channels, conv, deconv, grid_scale, sampling_grid
 from .search import estimate_flow, luma, median
 
 #: Blur levels of the scale-space volume: average-pooled by 1, 2, 4, 8.
@@ -76,7 +75,7 @@ class MotionCoder(nn.Module):
         self.search = search
         self.g_a = analysis(8 if search else 6, n, m)
         self.g_s = nn.Sequential(
-            deconv(m, n), GDN(n, inverse=True), deconv(n, n), GDN(n, inverse=True),
+            deconv(m, n), InverseGDN(n), deconv(n, n), InverseGDN(n),
             conv(n, 3, 3, 1),
         )
         # Start from "no motion, sharp reference": the P-frame begins as a
