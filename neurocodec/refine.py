@@ -29,11 +29,23 @@ from torch import Tensor
 from .entropy import Hyperprior
 from .profiling import stage
 
-__all__ = ["LEARNING_RATE", "Refinement", "refine_latent"]
+__all__ = ["LEARNING_RATE", "Analysis", "Refinement", "refine_latent"]
 
 #: Adam step size in latent units (one quantisation step is 1): larger steps
 #: overshoot within the few iterations an encoder can afford.
 LEARNING_RATE = 0.02
+
+
+class Analysis(NamedTuple):
+    """A frame as the encoder holds it just before quantisation.
+
+    What :func:`refine_latent` optimises and ``eval.ceiling`` measures: the
+    latent, and the decoder's own path from a decoded latent to the frame.
+    """
+
+    y: Tensor  #: the latent, unquantised
+    ctx: Tensor | None  #: the hyperprior's temporal context (P-frames), else None
+    synthesize: Callable[[Tensor], Tensor]  #: decoded latent -> the padded reconstruction [1, 3, H, W]
 
 
 class Refinement(NamedTuple):
@@ -45,13 +57,10 @@ class Refinement(NamedTuple):
     width: int
 
 
-def refine_latent(y: Tensor, prior: Hyperprior, ctx: Tensor | None, synthesize: Callable[[Tensor], Tensor],
-                  x: Tensor, how: Refinement) -> Tensor:
-    """The latent, among ``y`` and the Adam iterates from it, with the lowest rate-distortion loss.
-
-    ``synthesize`` maps a decoded latent to the reconstruction of ``x`` [1, 3, H, W] (padded);
-    ``ctx`` is the hyperprior's temporal context (P-frames).
-    """
+def refine_latent(a: Analysis, prior: Hyperprior, x: Tensor, how: Refinement) -> Tensor:
+    """The latent, among ``a.y`` and the Adam iterates from it, with the lowest rate-distortion loss
+    for coding ``x`` [1, 3, H, W] (padded) with ``prior``."""
+    y, ctx, synthesize = a
     weight = how.lmbda * 255.0**2
     h, w = how.height, how.width
     x = x[..., :h, :w].float()

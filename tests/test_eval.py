@@ -295,3 +295,35 @@ def test_motion_report_prints_one_row_per_frame(tmp_path, capsys):
     rows = capsys.readouterr().out.splitlines()[1:]
     assert [r.split()[1] for r in rows] == ["I", "P", "P"]
     assert all(math.isfinite(float(v)) for r in rows[1:] for v in r.split()[2:])
+
+
+def test_ceiling_codes_what_the_encoder_codes(pattern: np.ndarray, tiny_model) -> None:
+    """The diagnostic's coded column is the codec's own: same streams, same reconstructions."""
+    from eval.ceiling import ceiling
+    from neurocodec import Encoder
+    from neurocodec.metrics import psnr_yuv420
+
+    h, w = pattern.shape[1:3]
+    rows = ceiling(pattern[:4], tiny_model, 0.7, fit=3)
+    enc = Encoder(w, h, model=tiny_model, quality=0.7, gop=32, p_offsets=(0,))
+    for row, frame in zip(rows, pattern[:4], strict=True):
+        (packet,) = enc.encode(frame)
+        assert row["type"] == packet.frame_type.name
+        assert row["bpp"] == 8 * sum(len(s) for s in packet.streams) / (w * h)
+        assert row["coded"] == psnr_yuv420(enc.reconstruction, frame)["yuv"]
+        # best of the Adam iterates, which start from the unquantised latent (scored after 8-bit rounding)
+        assert row["fitted"] >= row["unquantised"] - 0.05
+
+
+def test_ceiling_report_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from eval import ceiling
+
+    video = tmp_path / "clip.mp4"
+    write_video(video, moving_pattern(96, 64, 3, seed=1), fps=25)
+    out = tmp_path / "ceiling.json"
+    assert ceiling.main([str(video), "--frames", "3", "--qualities", "0", "1", "--model", TINY, "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()[2:]
+    assert [line.split()[1:3] for line in lines] == [["0", "I"], ["0", "P"], ["1", "I"], ["1", "P"]]
+    data = json.loads(out.read_text())
+    assert [len(r["frames"]) for r in data["results"]] == [3, 3]
+    assert "fitted" not in data["results"][0]["frames"][0]

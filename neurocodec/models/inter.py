@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..entropy import Coded, Hyperprior, Parsed, Pending
-from ..refine import Refinement, refine_latent
+from ..refine import Analysis, Refinement, refine_latent
 from .layers import GainPair, analysis, cat_channels, conv, in_float32, synthesis
 from .motion import BlockMotionCoder, MotionCoder, warp
 
@@ -67,14 +67,18 @@ class InterCoder(nn.Module):
                  ) -> tuple[tuple[Coded, Coded], Tensor]:
         """The coded motion and residual latents (streams ``[motion_y, motion_z, y, z]``, the y streams
         still to rANS-encode) and the decoder's reconstruction; ``refine`` optimises the residual latent."""
+        motion, a = self.analyse(x, ref, q)
+        y = a.y if refine is None else refine_latent(a, self.prior, x, refine)
+        residual, y_hat = self.prior.prepare(y, a.ctx)
+        return (motion, residual), a.synthesize(y_hat)
+
+    def analyse(self, x: Tensor, ref: Tensor, q: Tensor) -> tuple[Coded, Analysis]:
+        """The coded motion, then the latent :meth:`compress` quantises, its temporal context and the
+        decoder's reconstruction from it (over the prediction that motion makes of ``ref``)."""
         motion, flow = self.motion.compress(x, ref, q)
         pred = warp(ref, flow)
-        ctx = self.context(pred)
         y = self.g_a(cat_channels([x, pred], self.g_a[0])) * self.gain.gain(q)
-        if refine is not None:
-            y = refine_latent(y, self.prior, ctx, lambda y_hat: self._reconstruct(y_hat, pred, q), x, refine)
-        residual, y_hat = self.prior.prepare(y, ctx)
-        return (motion, residual), self._reconstruct(y_hat, pred, q)
+        return motion, Analysis(y, self.context(pred), lambda y_hat: self._reconstruct(y_hat, pred, q))
 
     def parse_tables(self, streams: list[bytes], hw: tuple[int, int]) -> tuple[Pending, Pending]:
         """The first half of entropy decoding (motion, then residual latent): needs no reference frame."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..entropy import Coded, Hyperprior, Parsed, Pending
-from ..refine import Refinement, refine_latent
+from ..refine import Analysis, Refinement, refine_latent
 from .layers import GainPair, analysis, in_float32, synthesis
 
 
@@ -27,11 +27,14 @@ class IntraCoder(nn.Module):
 
     def compress(self, x: Tensor, q: Tensor, refine: Refinement | None = None) -> tuple[tuple[Coded], Tensor]:
         """The coded latent (its y stream still to rANS-encode) and the decoder's reconstruction."""
-        y = self.g_a(x) * self.gain.gain(q)
-        if refine is not None:
-            y = refine_latent(y, self.prior, None, lambda y_hat: self._synthesize(y_hat, q), x, refine)
+        a = self.analyse(x, q)
+        y = a.y if refine is None else refine_latent(a, self.prior, x, refine)
         coded, y_hat = self.prior.prepare(y)
-        return (coded,), self._synthesize(y_hat, q)
+        return (coded,), a.synthesize(y_hat)
+
+    def analyse(self, x: Tensor, q: Tensor) -> Analysis:
+        """The latent :meth:`compress` quantises, and the decoder's synthesis."""
+        return Analysis(self.g_a(x) * self.gain.gain(q), None, lambda y_hat: self._synthesize(y_hat, q))
 
     def parse_tables(self, streams: list[bytes], hw: tuple[int, int]) -> tuple[Pending]:
         """The first half of entropy decoding (see :meth:`Hyperprior.parse_tables`)."""
