@@ -44,7 +44,7 @@ from neurocodec import load_model
 from neurocodec.codec import frame_to_tensor, tensor_to_frame
 from neurocodec.metrics import psnr_yuv420
 from neurocodec.models import VideoModel, pad_to_stride, to_reference
-from neurocodec.refine import Analysis
+from neurocodec.refine import Analysis, code_latent
 from neurocodec.zoo import model_identity
 
 __all__ = ["FIT_RATE", "ceiling", "fit_latent", "main"]
@@ -84,13 +84,14 @@ def ceiling(frames: np.ndarray, model: VideoModel, quality: float, *, fit: int =
     with torch.no_grad():  # not inference_mode: --fit differentiates through the synthesis
         for t, frame in enumerate(frames):
             x = pad_to_stride(frame_to_tensor(frame, w, h, torch.device("cpu")))
+            # what compress does, keeping the analysis: one motion search and one analysis per frame
             if ref is None:
-                coded, x_hat = model.intra.compress(x, q)
-                a = model.intra.analyse(x, q)
+                side, a, prior = (), model.intra.analyse(x, q), model.intra.prior
             else:
-                coded, x_hat = model.inter.compress(x, ref, q)
-                a = model.inter.analyse(x, ref, q)[1]
-            bits = 8 * sum(len(s) for c in coded for s in c.streams())
+                motion, a = model.inter.analyse(x, ref, q)
+                side, prior = (motion,), model.inter.prior
+            latent, x_hat = code_latent(a, prior, x)
+            bits = 8 * sum(len(s) for c in (*side, latent) for s in c.streams())
             scored = {"coded": x_hat, "unquantised": a.synthesize(a.y)}
             if fit:
                 scored["fitted"] = fit_latent(a, x, fit, h, w)

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .entropy import Hyperprior
+from .entropy import Coded, Hyperprior
 from .profiling import stage
 
-__all__ = ["LEARNING_RATE", "Analysis", "Refinement", "refine_latent"]
+__all__ = ["LEARNING_RATE", "Analysis", "Refinement", "code_latent", "refine_latent"]
 
 #: Adam step size in latent units (one quantisation step is 1): larger steps
 #: overshoot within the few iterations an encoder can afford.
@@ -55,6 +55,14 @@ class Refinement(NamedTuple):
     lmbda: Tensor  #: [1], the model's lambda for the frame's quality
     height: int  #: the frame's size before padding: only these pixels are scored
     width: int
+
+
+def code_latent(a: Analysis, prior: Hyperprior, x: Tensor, refine: Refinement | None = None) -> tuple[Coded, Tensor]:
+    """The analysed latent (refined for ``x`` first when ``refine`` says so), quantised and coded with
+    ``prior`` (its y stream still to rANS-encode), and the decoder's reconstruction from it."""
+    y = a.y if refine is None else refine_latent(a, prior, x, refine)
+    coded, y_hat = prior.prepare(y, a.ctx)
+    return coded, a.synthesize(y_hat)
 
 
 def refine_latent(a: Analysis, prior: Hyperprior, x: Tensor, how: Refinement) -> Tensor:

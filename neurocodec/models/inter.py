@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..entropy import Coded, Hyperprior, Parsed, Pending
-from ..refine import Analysis, Refinement, refine_latent
+from ..refine import Analysis, Refinement, code_latent
 from .layers import GainPair, analysis, cat_channels, conv, in_float32, synthesis
 from .motion import BlockMotionCoder, MotionCoder, warp
 
@@ -68,9 +68,8 @@ class InterCoder(nn.Module):
         """The coded motion and residual latents (streams ``[motion_y, motion_z, y, z]``, the y streams
         still to rANS-encode) and the decoder's reconstruction; ``refine`` optimises the residual latent."""
         motion, a = self.analyse(x, ref, q)
-        y = a.y if refine is None else refine_latent(a, self.prior, x, refine)
-        residual, y_hat = self.prior.prepare(y, a.ctx)
-        return (motion, residual), a.synthesize(y_hat)
+        residual, x_hat = code_latent(a, self.prior, x, refine)
+        return (motion, residual), x_hat
 
     def analyse(self, x: Tensor, ref: Tensor, q: Tensor) -> tuple[Coded, Analysis]:
         """The coded motion, then the latent :meth:`compress` quantises, its temporal context and the

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..entropy import Coded, Hyperprior, Parsed, Pending
-from ..refine import Analysis, Refinement, refine_latent
+from ..refine import Analysis, Refinement, code_latent
 from .layers import GainPair, analysis, in_float32, synthesis
 
 
@@ -27,10 +27,8 @@ class IntraCoder(nn.Module):
 
     def compress(self, x: Tensor, q: Tensor, refine: Refinement | None = None) -> tuple[tuple[Coded], Tensor]:
         """The coded latent (its y stream still to rANS-encode) and the decoder's reconstruction."""
-        a = self.analyse(x, q)
-        y = a.y if refine is None else refine_latent(a, self.prior, x, refine)
-        coded, y_hat = self.prior.prepare(y)
-        return (coded,), a.synthesize(y_hat)
+        coded, x_hat = code_latent(self.analyse(x, q), self.prior, x, refine)
+        return (coded,), x_hat
 
     def analyse(self, x: Tensor, q: Tensor) -> Analysis:
         """The latent :meth:`compress` quantises, and the decoder's synthesis."""
