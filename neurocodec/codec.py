@@ -73,7 +73,7 @@ PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat1
 #: the next frames, so bits spent on one frame are used again after it (as in
 #: classical low-delay GOPs with QP offsets, and DCVC-DC's hierarchical quality).
 #: Encoder-side only: each packet carries its own quality. Tuned on training
-#: clips with ``python -m eval.mvrate ... --pattern`` (README, "How good is it").
+#: clips with ``python -m eval.mvrate ... --pattern`` (docs/encoder.md).
 P_OFFSETS: tuple[float, ...] = (-0.1, -0.1, -0.1, 0.15)
 
 

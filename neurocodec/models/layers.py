@@ -36,7 +36,7 @@ class InverseGDN(GDN):
     of what remained of the bfloat16 decoder's drift: over a 93-frame GOP of
     a held-out clip, with it in float32 the bfloat16 decode stays within
     52 dB of the float32 one and 0.03 dB below it against the source, where
-    it fell to 42 dB and 0.44 dB below (the README's "Determinism"). The
+    it fell to 42 dB and 0.44 dB below (docs/determinism.md). The
     transposed convolutions around it matter far less. The cost is a 1x1
     convolution and a few element-wise passes in float32, at up to half the
     frame's resolution.
