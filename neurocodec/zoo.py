@@ -45,7 +45,7 @@ _register(
     "nc-starter",
     "nc-starter.safetensors",
     "3.9M-parameter starter model (block motion vectors from an encoder search) trained briefly "
-    "(11 CPU hours, 26 GPU minutes); see weights/nc-starter.md",
+    "on CPU and leased GPUs; see weights/nc-starter.md",
 )
 _register(
     "nc-small",
