@@ -75,6 +75,21 @@ def test_interrupted_run_resumes_exactly(setup):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_channels_last_is_a_memory_format_not_another_run(setup, tmp_path):
+    """``--channels-last`` changes how the convolutions lay out memory, not what they compute: the
+    same steps give the same losses within float rounding, and the checkpoint loads anywhere."""
+    root, config = setup
+    train.main([str(config), "--out", str(tmp_path / "a"), "--stop-after", "4"])
+    train.main([str(config), "--out", str(tmp_path / "cl"), "--stop-after", "4", "--channels-last"])
+    a, cl = _log(tmp_path / "a"), _log(tmp_path / "cl")
+    assert [r["step"] for r in a] == [r["step"] for r in cl]
+    np.testing.assert_allclose([r["loss"] for r in cl], [r["loss"] for r in a], rtol=1e-3)
+    ck = torch.load(tmp_path / "cl" / "ckpt.pt", weights_only=False)
+    assert any(t.dim() == 4 and not t.is_contiguous() for t in ck["model"].values())  # it did train channels-last
+    assert "--channels-last" in train.rerun_args(train.run_record(ck), 0, "x")  # rounding differs: reruns keep it
+    train.main([str(config), "--out", str(tmp_path / "cl"), "--stop-after", "1"])  # resumes without the flag
+
+
 def test_time_limit_checkpoints_and_exits_after_the_step_that_passes_it(setup, capsys):
     """A lease's end: the run stops at a step boundary with a checkpoint it resumes from."""
     root, config = setup

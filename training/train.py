@@ -273,7 +273,7 @@ def run_record(ck: dict) -> dict:
     stopped = sum(s["steps"] for s in done) if idx < len(stages) else None
     return {"config_path": ck.get("config_path"), "stages": done, "stop_after": stopped,
             "elapsed": ck["elapsed"], "hardware": ck.get("hardware", ""), "amp": ck.get("amp", False),
-            "init": ck.get("init"), "init_hash": ck.get("init_hash"),
+            "channels_last": ck.get("channels_last", False), "init": ck.get("init"), "init_hash": ck.get("init_hash"),
             "video_dir": ck.get("video_dir", ck["config"].get("video_dir")),
             "batch": ck["config"].get("batch"), "crop": ck["config"].get("crop")}
 
@@ -297,6 +297,8 @@ def rerun_args(run: dict, k: int, name: str, runs_dir: str = "runs") -> list[str
         argv += ["--video-dir", run["video_dir"]]
     if run.get("amp"):
         argv.append("--amp")
+    if run.get("channels_last"):  # a memory format, but its float rounding differs: an exact rerun needs it
+        argv.append("--channels-last")
     return argv
 
 
@@ -416,6 +418,8 @@ def main(argv: list[str] | None = None) -> None:
                          "(a lease's end: nothing since the last checkpoint is lost); rerun to resume")
     ap.add_argument("--amp", action="store_true",
                     help="bfloat16 autocast for the transforms (entropy models stay float32)")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="channels-last memory format for the transforms (oneDNN and tensor-core kernels)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the training step")
     args = ap.parse_args(argv)
     deadline = None if args.time_limit is None else time.monotonic() + args.time_limit
@@ -451,6 +455,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # model and optimizers
     model = VideoModel(cfg.model).to(device).train()
+    if args.channels_last:  # before loading: load_state_dict copies into the parameters, keeping their format
+        model = model.to(memory_format=torch.channels_last)
     aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
     ckpt_path = args.out / "ckpt.pt"
@@ -537,7 +543,8 @@ def main(argv: list[str] | None = None) -> None:
                         "aux_opt": aux_opt.state_dict(), "stage_idx": stage_idx + done,
                         "step": 0 if done else step + 1, "elapsed": elapsed, "sampler": samplers, "rng": rngs,
                         "config": json.loads(args.config.read_text()), "config_path": str(args.config),
-                        "history": history, "hardware": hardware, "amp": args.amp, "init": args.init,
+                        "history": history, "hardware": hardware, "amp": args.amp,
+                        "channels_last": args.channels_last, "init": args.init,
                         "init_hash": init_hash,
                         "video_dir": str(args.video_dir or cfg.video_dir),
                     })
