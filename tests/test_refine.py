@@ -42,10 +42,11 @@ def _rd_loss(model, clip, data: bytes) -> float:
 
 def test_refinement_lowers_the_measured_rate_distortion_loss(starter, frames):
     # The gain shrinks as training closes the amortisation gap: on this clip 4.3 % with
-    # weights 86b839e7a8234e4e, 1.3 % with 47fa9c4577d8d32d (its I-frame coder trained further).
+    # weights 86b839e7a8234e4e, 1.3 % with 47fa9c4577d8d32d (its I-frame coder trained further),
+    # 0.8 % with 8285e8f4c639695c (then its P-frame coder).
     plain, _ = _coded(starter, frames, 0)
     refined, _ = _coded(starter, frames, 8)
-    assert _rd_loss(starter, frames, refined) < 0.99 * _rd_loss(starter, frames, plain)
+    assert _rd_loss(starter, frames, refined) < 0.995 * _rd_loss(starter, frames, plain)
 
 
 def test_any_decoder_decodes_a_refined_stream_to_the_encoders_reconstruction(starter, frames):
