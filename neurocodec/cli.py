@@ -74,8 +74,9 @@ def encode(
     precision: Precision = "fp32",
     entropy_workers: EntropyWorkers = 0,
     refine: Annotated[int, typer.Option(
-        min=0, help="Optimise each frame's latent for N steps before coding: fewer bits for the same quality, "
-                    "much slower encoding (an offline preset); any decoder decodes the stream.")] = 0,
+        min=0, help="Optimise each frame's latent for N steps before coding: a lower rate-distortion loss per "
+                    "frame (with nc-starter today 0.3 % fewer bits on held-out clips, see the README), much slower "
+                    "encoding (an offline preset); any decoder decodes the stream.")] = 0,
     p_offsets: Annotated[str, typer.Option(
         help="Quality added to successive P-frames, cyclically after each I-frame (comma-separated; "
              "0 codes every frame at --quality).")] = codec.offsets_text(codec.P_OFFSETS),

@@ -156,8 +156,9 @@ class Encoder:
     go through the networks; packets then come out a few frames late, in
     order, with the same bytes. With ``refine`` steps, each frame's latent is
     optimised for its own rate-distortion loss before coding
-    (:mod:`neurocodec.refine`): fewer bits for the same quality, several
-    times slower, and any decoder decodes it. ``p_offsets`` (:data:`P_OFFSETS`)
+    (:mod:`neurocodec.refine`): a lower loss per frame (how many bits that
+    saves depends on the weights: the README measures it), several times
+    slower, and any decoder decodes it. ``p_offsets`` (:data:`P_OFFSETS`)
     vary the quality of the P-frames around ``quality``; ``(0,)`` codes every
     frame at ``quality``.
     """
@@ -180,7 +181,7 @@ class Encoder:
     ):
         if refine < 0:
             raise InputError(f"refine must be >= 0 steps, got {refine}")
-        #: Adam steps of latent refinement per frame (:mod:`neurocodec.refine`): fewer bits, slower encoding
+        #: Adam steps of latent refinement per frame (:mod:`neurocodec.refine`): a lower loss, slower encoding
         self.refine = refine
         #: quality added to successive P-frames after each I-frame (:data:`P_OFFSETS`)
         self.p_offsets = check_offsets(p_offsets)
