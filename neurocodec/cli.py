@@ -75,7 +75,7 @@ def encode(
     entropy_workers: EntropyWorkers = 0,
     refine: Annotated[int, typer.Option(
         min=0, help="Optimise each frame's latent for N steps before coding: a lower rate-distortion loss per "
-                    "frame (with nc-starter today 0.3 % fewer bits on held-out clips, see the README), much slower "
+                    "frame (the bits it saves depend on the weights: the README measures them), much slower "
                     "encoding (an offline preset); any decoder decodes the stream.")] = 0,
     p_offsets: Annotated[str, typer.Option(
         help="Quality added to successive P-frames, cyclically after each I-frame (comma-separated; "
