@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -229,7 +230,9 @@ def models() -> None:
 
 
 def main() -> None:
-    """Entry point: run the app, turning neurocodec errors into one line and exit 1."""
+    """Entry point: run the app, turning neurocodec errors into one line and exit 1, and
+    warnings into one line each."""
+    warnings.showwarning = lambda message, *_: err.print(f"[yellow]warning:[/] {message}", highlight=False)
     try:
         app()
     except NeurocodecError as e:

@@ -22,6 +22,7 @@ import io
 import itertools
 import os
 import tempfile
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -94,11 +95,31 @@ def offsets_text(offsets: Iterable[float]) -> str:
     return ",".join(f"{v:g}" for v in offsets)
 
 
+def emulated_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 on ``device`` is emulated: a CPU without bfloat16 units (AVX2, no AVX512-BF16
+    or AMX), where oneDNN converts every operand and the transforms run several times slower than in
+    float32 (docs/results/cpu-train-speed/)."""
+    if device.type != "cpu":
+        return False
+    try:
+        return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):  # a torch without the query: assume the units are there
+        return False
+
+
 def _autocast(device: torch.device, precision: str):
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     dtype = PRECISIONS[precision]
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _check_precision(device: torch.device, precision: str) -> None:
+    """Validate ``precision`` now (not at the first frame), and warn where bf16 would be slow."""
+    _autocast(device, precision)
+    if precision == "bf16" and emulated_bf16(device):
+        warnings.warn("this CPU has no bfloat16 units: bf16 is emulated and slower than fp32 here "
+                      "(use fp32; any precision decodes any stream)", stacklevel=3)
 
 
 def _resolve_model(model: str | VideoModel, device: torch.device) -> VideoModel:
@@ -186,7 +207,7 @@ class Encoder:
         #: quality added to successive P-frames after each I-frame (:data:`P_OFFSETS`)
         self.p_offsets = check_offsets(p_offsets)
         self.device = torch_device(device)
-        _autocast(self.device, precision)  # validates
+        _check_precision(self.device, precision)
         self.precision = precision
         self.model = _resolve_model(model, self.device)
         name, digest = model_identity(self.model)
@@ -284,7 +305,7 @@ class Decoder:
             )
         self.header = header
         self.device = torch_device(device)
-        _autocast(self.device, precision)  # validates
+        _check_precision(self.device, precision)
         self.precision = precision
         self.model = _resolve_model(header.model if model is None else model, self.device)
         name, digest = model_identity(self.model)

@@ -90,6 +90,18 @@ def test_user_mistakes_are_one_line_errors(source, tmp_path):
     assert unsupported.returncode == 1 and "error:" in unsupported.stderr
 
 
+def test_warnings_are_one_line(source, tmp_path):
+    """As on a CPU without bfloat16 units, where --precision bf16 is slow: a line, not a traceback-like dump."""
+    script = ("import sys; from neurocodec import cli, codec; codec.emulated_bf16 = lambda device: True; "
+              f"sys.argv = ['neurocodec', 'encode', {str(source)!r}, {str(tmp_path / 'o.ncv')!r}, '--frames', '1', "
+              "'--precision', 'bf16']; cli.main()")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "bfloat16" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: this CPU has no bfloat16 units"), proc.stderr
+    assert "UserWarning" not in proc.stderr
+
+
 def test_truncated_stream_leaves_no_output(source, tmp_path):
     ncv = tmp_path / "clip.ncv"
     run("encode", str(source), str(ncv))

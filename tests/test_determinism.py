@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import torch
 
 import neurocodec
 from eval import drift
+from neurocodec import codec
 from neurocodec._compat import GDN
 from neurocodec.entropy import Hyperprior
 from neurocodec.metrics import psnr
@@ -116,6 +118,23 @@ def test_table_indexes_identical_in_float64(tiny_model):
 def test_unknown_precision_is_an_input_error(tiny_model):
     with pytest.raises(neurocodec.InputError, match="precision"):
         neurocodec.Encoder(8, 8, model=tiny_model, precision="int4")
+
+
+@pytest.mark.parametrize("emulated", [True, False])
+def test_bf16_on_a_cpu_without_bfloat16_units_warns(tiny_model, monkeypatch, emulated):
+    """There bf16 is several times slower than fp32: say so, once, when the coder is made."""
+    monkeypatch.setattr(codec, "emulated_bf16", lambda device: emulated)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        neurocodec.Encoder(8, 8, model=tiny_model, precision="bf16")
+        neurocodec.Encoder(8, 8, model=tiny_model, precision="fp32")
+    assert len(caught) == emulated
+    assert all("no bfloat16 units" in str(w.message) and w.filename == __file__ for w in caught)  # the caller's line
+
+
+def test_only_a_cpu_can_lack_bfloat16_units():
+    assert codec.emulated_bf16(torch.device("cuda")) is False
+    assert isinstance(codec.emulated_bf16(torch.device("cpu")), bool)
 
 
 def test_drift_report_parses_under_every_setting(tmp_path):

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from neurocodec.codec import P_OFFSETS
+from neurocodec.codec import P_OFFSETS, emulated_bf16
 from neurocodec.models import ModelConfig, VideoModel, to_reference
 from neurocodec.models.motion import warp
 from neurocodec.models.search import estimate_flow
@@ -427,6 +427,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = TrainConfig.load(args.config)
     rank, world, device = setup_distributed(args.device)
     main_process = rank == 0
+    if args.amp and main_process and emulated_bf16(torch.device(device)):
+        print("warning: this CPU has no bfloat16 units, so --amp emulates bfloat16 and trains several times "
+              "slower than float32 (docs/results/cpu-train-speed/); leave it out here")
     saved = args.out / "config.json"
     if (args.out / "ckpt.pt").exists() and saved.exists() \
             and json.loads(saved.read_text()) != json.loads(args.config.read_text()):
