@@ -96,9 +96,9 @@ def offsets_text(offsets: Iterable[float]) -> str:
 
 
 def emulated_bf16(device: torch.device) -> bool:
-    """Whether bfloat16 on ``device`` is emulated: a CPU without bfloat16 units (AVX2, no AVX512-BF16
-    or AMX), where oneDNN converts every operand and the transforms run several times slower than in
-    float32 (docs/results/cpu-train-speed/)."""
+    """Whether bfloat16 on ``device`` is emulated: a CPU for which oneDNN has no bfloat16 kernels (AVX2
+    only; AVX-512 cores have them, AVX512-BF16 and AMX in hardware), where every operand is converted and
+    the transforms ran 7-22 times slower than in float32 (docs/results/cpu-train-speed/)."""
     if device.type != "cpu":
         return False
     try:
