@@ -43,7 +43,7 @@ def _rd_loss(model, clip, data: bytes) -> float:
 
 
 def test_refinement_lowers_the_measured_rate_distortion_loss(starter, frames):
-    # The gain depends on the weights and the content; the README lists it per weights file.
+    # The gain depends on the weights and the content; docs/encoder.md lists it per weights file.
     plain, _ = _coded(starter, frames, 0)
     refined, _ = _coded(starter, frames, 8)
     assert _rd_loss(starter, frames, refined) < 0.995 * _rd_loss(starter, frames, plain)
