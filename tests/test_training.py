@@ -75,6 +75,44 @@ def test_interrupted_run_resumes_exactly(setup):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_a_stage_with_ema_ends_on_the_average_of_its_steps(setup, tmp_path):
+    """``ema`` leaves the steps alone and makes the stage's result their moving average, which a
+    resumed run carries on exactly; the stage after it starts from that average."""
+    root, config = setup
+    cfg = json.loads(config.read_text())
+    stages = [{"name": "intra", "steps": 2, "frames": 1, "lr": 3e-3},
+              {"name": "intra", "steps": 4, "frames": 1, "lr": 3e-3, "ema": 0.5}]
+    paths = {}
+    for name, decay in (("ema", 0.5), ("plain", 0.0)):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps({**cfg, "stages": [stages[0], {**stages[1], "ema": decay}]}))
+
+    def floats(run):
+        ck = torch.load(run / "ckpt.pt", weights_only=False)
+        return {k: v for k, v in ck["model"].items() if v.is_floating_point()}
+
+    # the plain run, one step at a time from the EMA stage's start: the weights the average folds in
+    train.main([str(paths["plain"]), "--out", str(tmp_path / "plain"), "--stop-after", "2"])
+    expected = floats(tmp_path / "plain")
+    for _ in range(4):
+        train.main([str(paths["plain"]), "--out", str(tmp_path / "plain"), "--stop-after", "1"])
+        for k, v in floats(tmp_path / "plain").items():
+            expected[k] = 0.5 * expected[k] + 0.5 * v
+    train.main([str(paths["ema"]), "--out", str(tmp_path / "ema")])
+    assert [r["loss"] for r in _log(tmp_path / "ema")] == [r["loss"] for r in _log(tmp_path / "plain")]
+    got = floats(tmp_path / "ema")
+    assert any(not torch.equal(got[k], v) for k, v in floats(tmp_path / "plain").items())  # not the last step
+    for k, v in expected.items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=1e-6, msg=k)
+
+    train.main([str(paths["ema"]), "--out", str(tmp_path / "resumed"), "--stop-after", "4"])
+    stopped = torch.load(tmp_path / "resumed" / "ckpt.pt", weights_only=False)
+    assert stopped["ema"] is not None
+    train.main([str(paths["ema"]), "--out", str(tmp_path / "resumed")])
+    resumed = floats(tmp_path / "resumed")
+    assert all(torch.equal(resumed[k], v) for k, v in got.items())
+
+
 def test_channels_last_is_a_memory_format_not_another_run(setup, tmp_path):
     """``--channels-last`` changes how the convolutions lay out memory, not what they compute: the
     same steps give the same losses within float rounding, and the checkpoint loads anywhere."""

@@ -51,6 +51,8 @@ def export(checkpoint: Path, name: str, out: Path = WEIGHTS_DIR, results: Path |
         config = ck["config"]
         model = VideoModel(ModelConfig(**config.get("model", {})))
         model.load_state_dict(ck["model"], strict=False)
+        if ck.get("ema"):  # stopped inside a stage that averages its weights: its average so far
+            model.load_state_dict(ck["ema"], strict=False)
         model.eval().update()
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"{name}.safetensors"
@@ -97,6 +99,7 @@ def export(checkpoint: Path, name: str, out: Path = WEIGHTS_DIR, results: Path |
                     + (f", drift {s['drift']:g}" if s.get("drift") else "")
                     + (f", flow teacher {s['flow_hint']:g}" if s.get("flow_hint") else "")
                     + (", P-frames at the encoder's quality offsets" if s.get("p_offsets") else "")
+                    + (f", weights averaged (EMA, decay {s['ema']:g})" if s.get("ema") else "")
                     for s in run["stages"])
     card.append(f"{len(runs) + 1}. `python -m training.export runs/{name}-{len(runs) - 1}/ckpt.pt --name {name}`")
     if results:
