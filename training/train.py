@@ -75,7 +75,8 @@ class Stage:
     #: decay of an exponential moving average of the weights (0: none). The stage's result (what the
     #: next stage starts from and export writes) is the average, not the last step's weights: at the
     #: small batches a CPU affords, the last step's weights carry its batch's noise, and runs that
-    #: differed only in their seed were measured to differ as much as an hour of training gains.
+    #: differed only in their seed were measured to differ as much as an hour of training gains
+    #: (the average of one such run's last ~100 steps coded 0.4 % fewer bits than its last step).
     ema: float = 0.0
 
 
